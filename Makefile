@@ -1,0 +1,53 @@
+# Two commands on a fresh machine:  make run  (daemon on embedded defaults)  and  make test  (everything).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := postgresql postgresql-common systemd rsync
+
+.PHONY: run test lint typecheck unit bench bundled-model clean system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	$(BIN)/inspectd db upgrade
+	$(BIN)/inspectd run
+
+# Debian packages the tests use for real: PostgreSQL (pg_virtualenv), systemd-analyze.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev system-deps
+	INSPECTD_REQUIRE_POSTGRES=1 pg_virtualenv -t $(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bundled-model: $(VENV)/.dev
+	$(BIN)/python tools/make_bundled_model.py inspectd/bundled_model --force
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+from inspectd.cli import main
+
+main()

@@ -1,0 +1,290 @@
+"""The ``inspectd`` command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from inspectd import __version__, logs
+from inspectd.config import EX_CONFIG, Config, ConfigError, load_config
+
+RESULT_FIELDS = (
+    "id",
+    "content_hash",
+    "original_name",
+    "stored_path",
+    "size_bytes",
+    "width",
+    "height",
+    "received_at",
+    "processed_at",
+    "latency_s",
+    "model_version",
+    "threshold",
+    "score",
+    "verdict",
+    "status",
+    "error_reason",
+    "station",
+    "label",
+    "labeled_by",
+    "labeled_at",
+)
+TABLE_FIELDS = (
+    "id",
+    "processed_at",
+    "original_name",
+    "status",
+    "verdict",
+    "score",
+    "model_version",
+    "error_reason",
+)
+
+
+class _Obj:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                click.echo(f"inspectd: {exc}", err=True)
+                sys.exit(EX_CONFIG)
+            logs.configure(self._config.log.level, self._config.log.format)
+        return self._config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="config file (default: $INSPECTD_CONFIG, else ./config.toml)",
+)
+@click.version_option(__version__, prog_name="inspectd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """inspectd: watch a folder of images, classify each, record every result."""
+    ctx.obj = _Obj(config_path)
+
+
+@cli.command()
+@click.pass_obj
+def run(obj: _Obj) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from inspectd.daemon import Daemon
+
+    sys.exit(Daemon(obj.config()).run())
+
+
+@cli.command("check-config")
+@click.pass_obj
+def check_config(obj: _Obj) -> None:
+    """Validate the configuration and print it, resolved, as JSON."""
+    click.echo(json.dumps(obj.config().model_dump(mode="json"), indent=2))
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema management."""
+
+
+@db_group.command("upgrade")
+@click.pass_obj
+def db_upgrade(obj: _Obj) -> None:
+    """Bring the database to the latest schema (safe to repeat)."""
+    from inspectd import db
+
+    engine = db.make_engine(obj.config().database.url, obj.config().database.busy_timeout_s)
+    try:
+        db.upgrade(engine)
+        current, head = db.schema_state(engine)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database error: {exc}") from None
+    click.echo(f"database at revision {current} (head {head})")
+
+
+@db_group.command("status")
+@click.pass_obj
+def db_status(obj: _Obj) -> None:
+    """Show the database's schema revision; exit 1 if it is not the one this inspectd needs."""
+    from inspectd import db
+
+    engine = db.make_engine(obj.config().database.url, obj.config().database.busy_timeout_s)
+    current, head = db.schema_state(engine)
+    click.echo(f"current: {current or '(empty)'}\nhead:    {head}")
+    if current != head:
+        sys.exit(1)
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str) -> datetime:
+    match = _RELATIVE.match(value.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("use an ISO date/time (2026-11-23T08:00) or an age (30m, 2h, 7d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value
+
+
+@cli.command()
+@click.option("--since", help="only results processed since then: ISO time or age (30m, 2h, 7d)")
+@click.option("--verdict", type=click.Choice(["present", "absent"]))
+@click.option("--status", type=click.Choice(["ok", "error"]))
+@click.option("--station", help="only results from this station")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most this many (newest first)")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.pass_obj
+def results(
+    obj: _Obj,
+    since: str | None,
+    verdict: str | None,
+    status: str | None,
+    station: str | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
+    """List recorded results (one JSON object per line with --format jsonl)."""
+    from inspectd import db
+    from inspectd.db import Result
+
+    cfg = obj.config()
+    engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
+    query = select(*(getattr(Result, f) for f in RESULT_FIELDS)).order_by(Result.id.desc())
+    if since:
+        query = query.where(Result.processed_at >= parse_since(since))
+    if verdict:
+        query = query.where(Result.verdict == verdict)
+    if status:
+        query = query.where(Result.status == status)
+    if station:
+        query = query.where(Result.station == station)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        rows = [
+            dict(zip(RESULT_FIELDS, (_plain(v) for v in row), strict=True)) for row in conn.execute(query)
+        ]
+    rows.reverse()
+    out = sys.stdout
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _table(rows, out)
+
+
+def _table(rows: list[dict[str, Any]], out: Any) -> None:
+    def cell(field: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if field == "score":
+            return f"{value:.3f}"
+        if field == "processed_at":
+            return str(value)[:19].replace("T", " ")
+        return str(value).replace("\n", "\\n")
+
+    table = [list(TABLE_FIELDS)] + [[cell(f, row[f]) for f in TABLE_FIELDS] for row in rows]
+    widths = [min(max(len(r[i]) for r in table), 48) for i in range(len(TABLE_FIELDS))]
+    for r in table:
+        out.write("  ".join(c[:w].ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    out.write(f"({len(rows)} results)\n")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", default="640x512", show_default=True, help="WIDTHxHEIGHT")
+@click.option("--present-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["png", "jpg", "bmp", "tif"]), default="png", show_default=True
+)
+@click.option("--mark-size", default=None, help="MIN-MAX mark diameter in px (default: scaled to the size)")
+@click.option("--flat", is_flag=True, help="all images in OUT (default: OUT/present and OUT/absent)")
+def synth(
+    out: Path,
+    count: int,
+    seed: int,
+    size: str,
+    present_ratio: float,
+    fmt: str,
+    mark_size: str | None,
+    flat: bool,
+) -> None:
+    """Generate synthetic microchip images, with a labels.csv (file, label, mark box)."""
+    from inspectd.synth import SynthSpec, write_dataset
+
+    match = re.fullmatch(r"(\d+)x(\d+)", size)
+    if not match:
+        raise click.BadParameter("expected WIDTHxHEIGHT, e.g. 640x512", param_hint="--size")
+    width, height = int(match.group(1)), int(match.group(2))
+    if min(width, height) < 128:
+        raise click.BadParameter("images must be at least 128 px on each side", param_hint="--size")
+    base = SynthSpec()
+    scale = min(width, height) / min(base.width, base.height)
+    low, high = round(base.mark_min * scale), round(base.mark_max * scale)
+    if mark_size is not None:
+        sizes = re.fullmatch(r"(\d+)-(\d+)", mark_size)
+        if not sizes or not 8 <= int(sizes.group(1)) <= int(sizes.group(2)) < min(width, height) - 8:
+            raise click.BadParameter(
+                "expected MIN-MAX within the image, e.g. 15-40", param_hint="--mark-size"
+            )
+        low, high = int(sizes.group(1)), int(sizes.group(2))
+    spec = SynthSpec(width=width, height=height, present_ratio=present_ratio, mark_min=low, mark_max=high)
+    labels = write_dataset(out, count, seed, spec, fmt, flat)
+    click.echo(f"wrote {count} images and {labels}")
+
+
+@cli.command()
+@click.pass_obj
+def models(obj: _Obj) -> None:
+    """List model versions in the registry; * marks the active one."""
+    from inspectd.registry import ModelRegistry
+
+    registry = ModelRegistry(obj.config().paths.models)
+    active = registry.active_version()
+    for meta in registry.list_versions():
+        holdout = meta.metrics.get("holdout", {})
+        summary = " ".join(
+            f"{k}={holdout[k]:.3f}"
+            for k in ("precision", "recall", "f1", "roc_auc")
+            if isinstance(holdout.get(k), float)
+        )
+        mark = "*" if meta.version == active else " "
+        click.echo(
+            f"{mark} {meta.version}  {meta.created_at:%Y-%m-%d %H:%M}  input={meta.input_size[0]}x"
+            f"{meta.input_size[1]}  threshold={meta.threshold:.3f}  {summary}"
+        )
+
+
+def main() -> None:
+    cli()

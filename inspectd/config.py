@@ -1,0 +1,209 @@
+"""Configuration: one strict tree, validated once at start.
+
+Sources, highest priority first: environment variables ``INSPECTD_<SECTION>__<KEY>``, then the TOML file
+(``--config PATH``, else ``$INSPECTD_CONFIG``, else ``./config.toml``), then the defaults below. Unknown
+keys are rejected. Relative paths (and a relative SQLite database path) are resolved against the directory
+of the config file, so the daemon behaves the same whatever its working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus names it.
+DEFAULT_CONFIG = Path("config.toml")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationConfig(_Section):
+    name: str = Field(default="station-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class PathsConfig(_Section):
+    incoming: Path = Path("var/incoming")
+    processed: Path = Path("var/processed")
+    quarantine: Path = Path("var/quarantine")
+    models: Path = Path("var/models")
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///var/inspectd.db"
+    busy_timeout_s: PositiveFloat = 10.0
+    retry_initial_s: PositiveFloat = 0.5
+    retry_max_s: PositiveFloat = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        return value
+
+
+class HttpConfig(_Section):
+    listen: str = "127.0.0.1:9108"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9108")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class WatchConfig(_Section):
+    observer: Literal["inotify", "polling"] = "inotify"
+    poll_interval_s: PositiveFloat = 1.0
+    settle_s: PositiveFloat = 0.3
+    stale_s: PositiveFloat = 60.0
+    rescan_interval_s: PositiveFloat = 30.0
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    ignore: tuple[str, ...] = (".*", "*.part", "*.tmp", "*.partial", "*~")
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower_dotted(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one extension is needed")
+        return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in value)
+
+
+class DecodeConfig(_Section):
+    max_pixels: int = Field(default=64_000_000, gt=0)
+    max_file_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    workers: int = Field(default=0, ge=0)  # 0: one per CPU core
+
+
+class BatchConfig(_Section):
+    max_size: int = Field(default=32, ge=1, le=1024)
+    max_wait_ms: float = Field(default=20.0, ge=0)
+
+
+class ModelConfig(_Section):
+    threshold: float | None = Field(default=None, ge=0, le=1)  # None: the model version's own threshold
+    num_threads: int = Field(default=0, ge=0)  # 0: one per CPU core
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ShutdownConfig(_Section):
+    drain_timeout_s: PositiveFloat = 20.0
+
+
+class SystemdConfig(_Section):
+    stall_after_s: PositiveFloat = 30.0  # no pipeline progress for this long: stop the watchdog pings
+
+
+class Config(BaseSettings):
+    """The whole configuration tree (see config.toml for every key, commented)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix="INSPECTD_", env_nested_delimiter="__", case_sensitive=False
+    )
+
+    station: StationConfig = StationConfig()
+    paths: PathsConfig = PathsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    http: HttpConfig = HttpConfig()
+    watch: WatchConfig = WatchConfig()
+    decode: DecodeConfig = DecodeConfig()
+    batch: BatchConfig = BatchConfig()
+    model: ModelConfig = ModelConfig()
+    log: LogConfig = LogConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    systemd: SystemdConfig = SystemdConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file's contents, which arrive as init arguments.
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the offending keys."""
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def config_path(explicit: Path | None) -> tuple[Path, bool]:
+    """The config file to read, and whether the user asked for it by name (then it must exist)."""
+    if explicit is not None:
+        return explicit, True
+    env = os.environ.get("INSPECTD_CONFIG")
+    if env:
+        return Path(env), True
+    return DEFAULT_CONFIG, False
+
+
+def load_config(explicit: Path | None = None) -> Config:
+    path, required = config_path(explicit)
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    elif required:
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(str(path), exc)) from None
+    return resolve_relative(config, path.resolve().parent)
+
+
+def resolve_relative(config: Config, base: Path) -> Config:
+    paths = config.paths.model_copy(
+        update={name: base / value for name, value in config.paths if not Path(value).is_absolute()}
+    )
+    url = make_url(config.database.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db_path = Path(url.database or "")
+        if not db_path.is_absolute():
+            url = url.set(database=str(base / db_path))
+    database = config.database.model_copy(update={"url": url.render_as_string(hide_password=False)})
+    return config.model_copy(update={"paths": paths, "database": database})

@@ -1,0 +1,351 @@
+"""The daemon's lifecycle: start up, run the pipeline loop, shut down cleanly.
+
+Signals only set flags: SIGTERM/SIGINT ask for a stop (intake stops, the batch in flight is finished and
+committed, the process exits 0; a second signal, or the drain timeout, abandons a batch whose database
+is unreachable, leaving its files untouched in incoming). SIGHUP asks for the active model to be reloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from inspectd import __version__, batcher, db, logs
+from inspectd.config import EX_CONFIG, Config
+from inspectd.decode import DecodeLimits, install_pixel_limit
+from inspectd.httpserver import HttpServer
+from inspectd.infer import Inferencer, ModelLoadError
+from inspectd.metrics import Metrics
+from inspectd.notify import Notifier
+from inspectd.persist import Store
+from inspectd.pipeline import Aborted, Destinations, Pipeline
+from inspectd.readiness import Readiness
+from inspectd.records import Disposition, Outcome, ReadyFile
+from inspectd.registry import ModelRegistry, RegistryError
+from inspectd.watcher import start_observer
+
+log = logs.get("inspectd.daemon")
+
+TAKE_TIMEOUT_S = 0.25
+STATUS_EVERY_S = 5.0
+MODEL_POLL_S = 2.0
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Health:
+    """What /readyz reports; written by the pipeline thread, read by the HTTP threads."""
+
+    model: bool = False
+    database: bool = False
+    watcher: bool = False
+
+    def checks(self) -> dict[str, bool]:
+        return {"model": self.model, "database": self.database, "watcher": self.watcher}
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics(config.station.name)
+        self.health = Health()
+        self.registry = ModelRegistry(config.paths.models)
+        self.should_exit = False
+        self.force_exit = False
+        self.reload_requested = False
+        self._exit_requested_at: float | None = None
+        self._last_beat = time.monotonic()
+        self._stop_pings = threading.Event()
+        self._processed = 0
+
+    # --- signals: flags only -------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self.reload_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        try:
+            self.startup()
+        except StartupError as exc:
+            log.error("startup.failed", error=str(exc), exit_code=exc.exit_code)
+            self.notifier.send(status=f"failed to start: {exc}"[:200])
+            return exc.exit_code
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def startup(self) -> None:
+        cfg = self.config
+        started = time.monotonic()
+        self.notifier.status("starting")
+        for folder in (cfg.paths.incoming, cfg.paths.processed, cfg.paths.quarantine, cfg.paths.models):
+            folder.mkdir(parents=True, exist_ok=True)
+        install_pixel_limit(cfg.decode.max_pixels)
+        self.engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
+        self._wait_for_schema(self.engine)
+        inferencer = self._load_active_model()
+        self.http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health.checks)
+        self.http.start()
+        self.readiness = Readiness(
+            cfg.paths.incoming, cfg.watch.extensions, cfg.watch.ignore, cfg.watch.settle_s, cfg.watch.stale_s
+        )
+        workers = cfg.decode.workers or (os.cpu_count() or 1)
+        self.pipeline = Pipeline(
+            Store(self.engine),
+            inferencer,
+            DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes),
+            Destinations(cfg.paths.processed, cfg.paths.quarantine),
+            cfg.station.name,
+            self.metrics,
+            workers,
+            cfg.model.threshold,
+            cfg.database.retry_initial_s,
+            cfg.database.retry_max_s,
+            should_abort=self._alive_should_abort,
+        )
+        self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)
+        self.health.watcher = True
+        found = self.readiness.scan()
+        self._start_watchdog_pings()
+        self.metrics.ready.set(1)
+        log.info(
+            "daemon.ready",
+            version=__version__,
+            station=cfg.station.name,
+            model=inferencer.version,
+            incoming=str(cfg.paths.incoming),
+            listen=cfg.http.listen,
+            files_at_start=found,
+            startup_s=round(time.monotonic() - started, 3),
+        )
+        self.notifier.ready(f"ready: model {inferencer.version}, {found} files waiting")
+
+    def _wait_for_schema(self, engine: Engine) -> None:
+        delay = self.config.database.retry_initial_s
+        while True:
+            try:
+                db.require_current_schema(engine)
+                self.health.database = True
+                self.metrics.db_up.set(1)
+                return
+            except db.SchemaMismatch as exc:
+                raise StartupError(str(exc), EX_CONFIG) from None
+            except SQLAlchemyError as exc:
+                self.metrics.db_up.set(0)
+                log.error(
+                    "startup.db_unavailable",
+                    error=str(exc.__cause__ or exc).splitlines()[0],
+                    retry_in_s=delay,
+                )
+                self.notifier.status("waiting for the database")
+            if self.should_exit:
+                raise StartupError("stopped while waiting for the database", 0)
+            time.sleep(delay)
+            delay = min(delay * 2, self.config.database.retry_max_s)
+
+    def _load_active_model(self) -> Inferencer:
+        try:
+            version = self.registry.ensure_active()
+            inferencer = Inferencer.load(self.registry.version_dir(version), self.config.model.num_threads)
+        except (ModelLoadError, RegistryError, OSError) as exc:
+            self.metrics.model_failures.inc()
+            raise StartupError(f"the active model cannot be used: {exc}", EX_CONFIG) from None
+        self._model_pointer = self._pointer_stamp()
+        self._set_model(inferencer)
+        return inferencer
+
+    def _set_model(self, inferencer: Inferencer) -> None:
+        self.health.model = True
+        self.metrics.model_ok.set(1)
+        self.metrics.model.info(
+            {
+                "version": inferencer.version,
+                "threshold": f"{inferencer.meta.threshold:.4f}",
+                "input_size": "x".join(map(str, inferencer.input_size)),
+            }
+        )
+
+    def main_loop(self) -> None:
+        cfg = self.config
+        next_rescan = time.monotonic() + cfg.watch.rescan_interval_s
+        next_status = next_model_poll = time.monotonic()
+        while not self.should_exit:
+            self._beat()
+            now = time.monotonic()
+            if self.reload_requested or (
+                now >= next_model_poll and self._pointer_stamp() != self._model_pointer
+            ):
+                self.reload_requested = False
+                self.reload_model()
+                next_model_poll = now + MODEL_POLL_S
+            if now >= next_rescan:
+                found = self.readiness.scan()
+                if found:
+                    log.info("rescan.found", files=found)
+                next_rescan = now + cfg.watch.rescan_interval_s
+            batch = batcher.collect(
+                self.readiness, cfg.batch.max_size, cfg.batch.max_wait_ms / 1000, TAKE_TIMEOUT_S
+            )
+            if batch:
+                self._run_batch(batch)
+            if now >= next_status:
+                self._report_status()
+                next_status = now + STATUS_EVERY_S
+
+    def _run_batch(self, batch: list[ReadyFile]) -> None:
+        try:
+            outcomes = self.pipeline.process(batch)
+        except Aborted:
+            log.warning("batch.abandoned", files=len(batch), reason="database unreachable at shutdown")
+            return
+        finally:
+            self.readiness.release(r.path for r in batch)
+            self._update_queue_gauges()
+        self.health.database = True
+        for outcome in outcomes:
+            self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> None:
+        self.metrics.record(outcome)
+        fields = {
+            "file": outcome.source.path.name,
+            "disposition": outcome.disposition.value,
+            "sha256": outcome.sha256,
+            "row_id": outcome.row_id,
+            "latency_ms": round(outcome.latency_s * 1000, 1),
+        }
+        if outcome.status is not None:
+            fields["status"] = outcome.status.value
+        if outcome.verdict is not None:
+            fields.update(verdict=outcome.verdict.value, score=round(outcome.score or 0.0, 4))
+        if outcome.reason is not None:
+            fields["reason"] = outcome.reason
+        if outcome.destination is not None:
+            fields["moved_to"] = str(outcome.destination)
+        if outcome.disposition is Disposition.RECORDED:
+            self._processed += 1
+            (log.warning if outcome.reason else log.info)("image.processed", **fields)
+        else:
+            log.info("image.handled", **fields)
+
+    def reload_model(self) -> None:
+        stamp = self._pointer_stamp()
+        version = self.registry.active_version()
+        try:
+            if version is None:
+                raise RegistryError("no active version in the registry")
+            inferencer = Inferencer.load(self.registry.version_dir(version), self.config.model.num_threads)
+        except (ModelLoadError, RegistryError, OSError) as exc:
+            self.metrics.model_failures.inc()
+            self.metrics.model_ok.set(0)
+            log.error(
+                "model.reload_refused",
+                version=version,
+                error=str(exc),
+                keeping=self.pipeline.inferencer.version,
+            )
+            self._model_pointer = stamp
+            return
+        previous = self.pipeline.inferencer.version
+        self.pipeline.inferencer = inferencer
+        self._model_pointer = stamp
+        self._set_model(inferencer)
+        log.info("model.reloaded", version=inferencer.version, previous=previous)
+
+    def shutdown(self) -> None:
+        self.notifier.stopping("stopping: finishing the batch in flight")
+        log.info("daemon.stopping", processed=self._processed)
+        self.metrics.ready.set(0)
+        self._stop_pings.set()
+        observer = getattr(self, "observer", None)
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
+        http = getattr(self, "http", None)
+        if http is not None:
+            http.stop()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.dispose()
+        log.info("daemon.stopped", processed=self._processed)
+
+    # --- liveness ------------------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def _alive_should_abort(self) -> bool:
+        """Called while the pipeline waits for the database: still alive; give up only at shutdown."""
+        self._beat()
+        self.health.database = False
+        if not self.should_exit:
+            return False
+        if self._exit_requested_at is None:
+            self._exit_requested_at = time.monotonic()
+        waited = time.monotonic() - self._exit_requested_at
+        return self.force_exit or waited >= self.config.shutdown.drain_timeout_s
+
+    def _start_watchdog_pings(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        stall = self.config.systemd.stall_after_s
+
+        def ping() -> None:
+            stalled = False
+            while not self._stop_pings.wait(interval):
+                if time.monotonic() - self._last_beat < stall:
+                    self.notifier.watchdog()
+                    stalled = False
+                elif not stalled:
+                    stalled = True
+                    log.error("pipeline.stalled", seconds=round(time.monotonic() - self._last_beat, 1))
+
+        threading.Thread(target=ping, name="sd-watchdog", daemon=True).start()
+
+    def _pointer_stamp(self) -> str | None:
+        return self.registry.active_version()
+
+    def _update_queue_gauges(self) -> None:
+        pending, claimed = self.readiness.backlog()
+        self.metrics.waiting.set(pending)
+        self.metrics.queue.set(claimed)
+
+    def _report_status(self) -> None:
+        pending, claimed = self.readiness.backlog()
+        self._update_queue_gauges()
+        self.notifier.status(
+            f"{self._processed} images processed; {claimed} queued, {pending} settling; "
+            f"model {self.pipeline.inferencer.version}"
+        )

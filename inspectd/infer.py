@@ -1,0 +1,125 @@
+"""Infer stage: one batched call of the active model (LiteRT) per micro-batch, calibrated scores out.
+
+TensorFlow is not imported here: the LiteRT interpreter runs the converted Keras model faster on this CPU
+and starts in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from ai_edge_litert.interpreter import Interpreter
+
+from inspectd.records import Decoded, Scored, Verdict
+from inspectd.registry import MODEL_FILE, SELFTEST_FILE, ModelMeta, RegistryError, read_meta
+
+SELFTEST_TOLERANCE = 1e-3
+
+
+class ModelLoadError(Exception):
+    """The model version cannot be used: missing, corrupt, incompatible, or not reproducing its scores."""
+
+
+def _bucket(n: int) -> int:
+    """Batches are padded to a power of two so that a few interpreter shapes serve every size."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    out: npt.NDArray[np.float32] = (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+    return out
+
+
+class Inferencer:
+    """A loaded, self-tested model version. Not thread-safe: one pipeline thread calls it."""
+
+    def __init__(self, meta: ModelMeta, model_content: bytes, num_threads: int) -> None:
+        self.meta = meta
+        self._content = model_content
+        self._threads = num_threads or (os.cpu_count() or 1)
+        self._interpreters: dict[int, Interpreter] = {}
+        height, width = meta.input_size
+        self._shape = (height, width, 1)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.meta.input_size
+
+    @classmethod
+    def load(cls, version_dir: Path, num_threads: int = 0) -> Inferencer:
+        try:
+            meta = read_meta(version_dir)
+            content = (version_dir / MODEL_FILE).read_bytes()
+            inferencer = cls(meta, content, num_threads)
+            inferencer._interpreter(1)
+        except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{version_dir}: {exc}") from exc
+        inferencer.self_test(version_dir / SELFTEST_FILE)
+        return inferencer
+
+    def _interpreter(self, bucket: int) -> Interpreter:
+        interpreter = self._interpreters.get(bucket)
+        if interpreter is None:
+            interpreter = Interpreter(model_content=self._content, num_threads=self._threads)
+            inputs = interpreter.get_input_details()
+            outputs = interpreter.get_output_details()
+            if len(inputs) != 1 or len(outputs) != 1:
+                raise ValueError("the model must have exactly one input and one output")
+            declared = tuple(int(d) for d in inputs[0]["shape"][1:])
+            if declared != self._shape:
+                raise ValueError(f"model input {declared} does not match metadata input_size {self._shape}")
+            interpreter.resize_tensor_input(inputs[0]["index"], [bucket, *self._shape], strict=False)
+            interpreter.allocate_tensors()
+            self._interpreters[bucket] = interpreter
+        return interpreter
+
+    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        n = batch.shape[0]
+        bucket = _bucket(n)
+        if bucket != n:
+            batch = np.concatenate([batch, np.zeros((bucket - n, *self._shape), np.float32)])
+        interpreter = self._interpreter(bucket)
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+        interpreter.invoke()
+        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        return np.asarray(out, np.float32).reshape(bucket)[:n]
+
+    def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        cal = self.meta.calibration
+        return sigmoid(np.float32(cal.a) * self.logits(batch) + np.float32(cal.b))
+
+    def self_test(self, selftest: Path) -> None:
+        """Reproduce the scores recorded when the version was made; refuse the model otherwise."""
+        try:
+            with np.load(selftest) as data:
+                inputs = data["inputs"].astype(np.float32) / 255.0
+                expected = data["scores"].astype(np.float32)
+        except FileNotFoundError:
+            raise ModelLoadError(f"{selftest}: missing; every version must ship its self-test") from None
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelLoadError(f"{selftest}: unreadable self-test: {exc}") from None
+        got = self.scores(inputs[..., np.newaxis])
+        if not np.all(np.isfinite(got)):
+            raise ModelLoadError(f"{self.version}: the model outputs non-finite scores")
+        worst = float(np.max(np.abs(got - expected)))
+        if worst > SELFTEST_TOLERANCE:
+            raise ModelLoadError(
+                f"{self.version}: self-test scores differ from the recorded ones by up to {worst:.4f}"
+            )
+
+    def classify(self, images: list[Decoded], threshold: float | None = None) -> list[Scored]:
+        if not images:
+            return []
+        cut = self.meta.threshold if threshold is None else threshold
+        scores = self.scores(np.stack([image.tensor for image in images]))
+        return [
+            Scored(image, float(s), Verdict.PRESENT if s >= cut else Verdict.ABSENT, self.version, cut)
+            for image, s in zip(images, scores, strict=True)
+        ]

@@ -1,0 +1,88 @@
+"""Metrics stage: Prometheus series, on a registry of their own, named to the Prometheus conventions
+(``inspectd_`` prefix, base units, ``_total`` on counters only, histograms for durations)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+
+from inspectd.records import Disposition, Outcome
+
+disable_created_metrics()  # type: ignore[no-untyped-call] # the *_created series only add cardinality for dashboards
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SCORE_BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 20)), 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, station: str) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.info = Info("inspectd_build", "inspectd version and station", registry=r)
+        self.model = Info("inspectd_model", "the active model version", registry=r)
+        self.processed = Counter(
+            "inspectd_images_processed",
+            "images recorded, by verdict and status",
+            ["verdict", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "inspectd_image_errors", "images recorded as errors, by reason", ["reason"], registry=r
+        )
+        self.dispositions = Counter(
+            "inspectd_files", "files handled, by what happened to them", ["disposition"], registry=r
+        )
+        self.latency = Histogram(
+            "inspectd_latency_seconds", "file ready to row committed", registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.stage = Histogram(
+            "inspectd_stage_duration_seconds",
+            "time per batch in each stage",
+            ["stage"],
+            registry=r,
+            buckets=STAGE_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "inspectd_batch_size_images", "images per micro-batch", registry=r, buckets=BATCH_BUCKETS
+        )
+        self.score = Histogram(
+            "inspectd_score",
+            "calibrated model score, by verdict",
+            ["verdict"],
+            registry=r,
+            buckets=SCORE_BUCKETS,
+        )
+        self.queue = Gauge(
+            "inspectd_queue_depth_files", "files judged ready and not yet committed", registry=r
+        )
+        self.waiting = Gauge(
+            "inspectd_incoming_pending_files", "files in incoming not yet judged complete", registry=r
+        )
+        self.last = Gauge(
+            "inspectd_last_processed_timestamp_seconds", "when the last row was committed", registry=r
+        )
+        self.db_failures = Counter("inspectd_db_write_failures", "batch writes that failed", registry=r)
+        self.db_up = Gauge("inspectd_db_up", "1 when the last database operation succeeded", registry=r)
+        self.ready = Gauge("inspectd_ready", "1 when model, database and watcher are all working", registry=r)
+        self.model_failures = Counter(
+            "inspectd_model_load_failures", "model versions refused at load", registry=r
+        )
+        self.model_ok = Gauge(
+            "inspectd_model_load_ok", "0 after the last model (re)load was refused", registry=r
+        )
+        self.info.info({"station": station})
+
+    def record(self, outcome: Outcome) -> None:
+        self.dispositions.labels(outcome.disposition.value).inc()
+        if outcome.disposition is not Disposition.RECORDED or outcome.status is None:
+            return
+        verdict = outcome.verdict.value if outcome.verdict else "none"
+        self.processed.labels(verdict, outcome.status.value).inc()
+        self.latency.observe(outcome.latency_s)
+        if outcome.reason:
+            self.errors.labels(outcome.reason).inc()
+        if outcome.score is not None:
+            self.score.labels(verdict).observe(outcome.score)
+        self.last.set(time.time())

@@ -1,0 +1,327 @@
+"""One micro-batch through decode -> infer -> persist -> archive, and the account of every file in it.
+
+Order of effects, for crash safety: the row is committed first, the file is moved after. A crash in
+between leaves the file in incoming; when it is seen again its hash finds the committed row and the file
+is moved where that row says (``recovered``), so there is never a second row and never a lost file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from inspectd import archive, logs
+from inspectd.decode import DecodeLimits, decode, identity_hash
+from inspectd.infer import Inferencer
+from inspectd.metrics import Metrics
+from inspectd.persist import KnownRow, Store
+from inspectd.records import (
+    Decoded,
+    Disposition,
+    Outcome,
+    ReadyFile,
+    Rejected,
+    Scored,
+    Status,
+    Vanished,
+)
+
+log = logs.get("inspectd.pipeline")
+_T = TypeVar("_T")
+
+
+class Aborted(Exception):
+    """The database stayed unreachable until shutdown: the batch's files stay in incoming, untouched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destinations:
+    processed: Path
+    quarantine: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A file's new row (None when its hash is known), its score, and where it goes after the commit."""
+
+    item: Decoded | Rejected
+    scored: Scored | None
+    row: dict[str, Any] | None
+    dest: Path
+    known: KnownRow | None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        inferencer: Inferencer,
+        limits: DecodeLimits,
+        destinations: Destinations,
+        station: str,
+        metrics: Metrics,
+        workers: int,
+        threshold: float | None,
+        retry_initial_s: float,
+        retry_max_s: float,
+        should_abort: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.inferencer = inferencer
+        self.limits = limits
+        self.destinations = destinations
+        self.station = station
+        self.metrics = metrics
+        self.threshold = threshold
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.should_abort = should_abort
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def process(self, batch: list[ReadyFile]) -> list[Outcome]:
+        started = time.perf_counter()
+        size = self.inferencer.input_size
+        decoded = list(self._pool.map(lambda ready: self._decode_one(ready, size), batch))
+        self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+
+        items = [d for d in decoded if not isinstance(d, Vanished)]
+        known = self._with_retry(lambda: self.store.known(i.sha256 for i in items))
+        fresh: list[Decoded] = []
+        seen: set[str] = set()
+        for item in items:
+            if isinstance(item, Decoded) and item.sha256 not in known and item.sha256 not in seen:
+                fresh.append(item)
+            seen.add(item.sha256)
+
+        started = time.perf_counter()
+        scored, failed = self._classify(fresh)
+        items = [failed.get(i.sha256, i) if isinstance(i, Decoded) else i for i in items]
+        if fresh:
+            self.metrics.stage.labels("infer").observe(time.perf_counter() - started)
+
+        plans = self._plan(items, scored, known)
+        started = time.perf_counter()
+        rows = [p.row for p in plans if p.row is not None]
+        inserted = self._with_retry(lambda: self.store.insert(rows))
+        committed = time.monotonic()
+        self.metrics.stage.labels("persist").observe(time.perf_counter() - started)
+        self.metrics.db_up.set(1)
+
+        outcomes = [
+            Outcome(
+                v.source,
+                None,
+                Disposition.VANISHED,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                committed - v.source.ready_at,
+            )
+            for v in decoded
+            if isinstance(v, Vanished)
+        ]
+        started = time.perf_counter()
+        outcomes += [self._archive(plan, inserted, committed) for plan in plans]
+        self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
+        return outcomes
+
+    def _decode_one(self, ready: ReadyFile, size: tuple[int, int]) -> Decoded | Rejected | Vanished:
+        """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
+        try:
+            return decode(ready, self.limits, size)
+        except Exception as exc:
+            log.exception("decode.internal_error", file=ready.path.name)
+            try:
+                st = ready.path.lstat()
+            except FileNotFoundError:
+                return Vanished(ready)
+            return Rejected(
+                ready,
+                identity_hash("internal", ready.path.name, st),
+                st.st_size,
+                "internal_error",
+                f"{type(exc).__name__}: {exc}",
+            )
+
+    def _classify(self, fresh: list[Decoded]) -> tuple[dict[str, Scored], dict[str, Rejected]]:
+        """Score the batch in one call; if that fails, score image by image so one bad input is recorded
+        as its own error and the others still get their verdicts."""
+        try:
+            return {s.image.sha256: s for s in self.inferencer.classify(fresh, self.threshold)}, {}
+        except (RuntimeError, ValueError) as exc:
+            log.error("infer.batch_failed", images=len(fresh), error=str(exc))
+        scored: dict[str, Scored] = {}
+        failed: dict[str, Rejected] = {}
+        for image in fresh:
+            try:
+                scored[image.sha256] = self.inferencer.classify([image], self.threshold)[0]
+            except (RuntimeError, ValueError) as exc:
+                failed[image.sha256] = Rejected(
+                    image.source,
+                    image.sha256,
+                    image.size_bytes,
+                    "inference_failed",
+                    str(exc),
+                    image.width,
+                    image.height,
+                )
+        return scored, failed
+
+    # --- planning ------------------------------------------------------------------------------------
+
+    def _plan(
+        self, items: list[Decoded | Rejected], scored: dict[str, Scored], known: dict[str, KnownRow]
+    ) -> list[_Planned]:
+        now = datetime.now(UTC)
+        taken: set[Path] = set()
+        plans: list[_Planned] = []
+        claimed: set[str] = set()
+        for item in items:
+            path = item.source.path
+            row_known = known.get(item.sha256)
+            if row_known is not None and not Path(row_known.stored_path).exists():
+                # committed by an earlier run that stopped before the move: finish that move
+                plans.append(_Planned(item, None, None, Path(row_known.stored_path), row_known))
+                continue
+            if row_known is not None or item.sha256 in claimed:
+                root = self._root_for(row_known.status if row_known else self._status(item))
+                dest = archive.plan(root, now, path.name, item.sha256, taken)
+                plans.append(_Planned(item, None, None, dest, row_known))
+                continue
+            claimed.add(item.sha256)
+            status = self._status(item)
+            dest = archive.plan(self._root_for(status), now, path.name, item.sha256, taken)
+            score = scored.get(item.sha256)
+            plans.append(_Planned(item, score, self._row(score or item, dest, now), dest, None))
+        return plans
+
+    @staticmethod
+    def _status(item: Decoded | Rejected) -> str:
+        return Status.ERROR.value if isinstance(item, Rejected) else Status.OK.value
+
+    def _root_for(self, status: str) -> Path:
+        return self.destinations.quarantine if status == Status.ERROR else self.destinations.processed
+
+    def _row(self, item: Scored | Rejected | Decoded, dest: Path, now: datetime) -> dict[str, Any]:
+        if isinstance(item, Decoded):
+            raise AssertionError("every new image is scored before its row is built")
+        source = item.image.source if isinstance(item, Scored) else item.source
+        row: dict[str, Any] = {
+            "original_name": source.path.name,
+            "stored_path": str(dest),
+            "received_at": source.received_at,
+            "processed_at": now,
+            "latency_s": max(0.0, time.monotonic() - source.ready_at),
+            "station": self.station,
+            "model_version": None,
+            "threshold": None,
+            "score": None,
+            "verdict": None,
+            "error_reason": None,
+        }
+        if isinstance(item, Scored):
+            image = item.image
+            row.update(
+                content_hash=image.sha256,
+                size_bytes=image.size_bytes,
+                width=image.width,
+                height=image.height,
+                status=Status.OK.value,
+                model_version=item.model_version,
+                threshold=item.threshold,
+                score=item.score,
+                verdict=item.verdict.value,
+            )
+        else:
+            row.update(
+                content_hash=item.sha256,
+                size_bytes=item.size_bytes,
+                width=item.width,
+                height=item.height,
+                status=Status.ERROR.value,
+                error_reason=f"{item.reason}: {item.detail}",
+            )
+        return row
+
+    # --- after commit --------------------------------------------------------------------------------
+
+    def _archive(self, plan: _Planned, inserted: dict[str, int], committed: float) -> Outcome:
+        item = plan.item
+        if plan.row is not None and item.sha256 in inserted:
+            disposition, row_id = Disposition.RECORDED, inserted.get(item.sha256)
+        elif plan.known is not None and plan.dest == Path(plan.known.stored_path):
+            disposition, row_id = Disposition.RECOVERED, plan.known.id
+        else:  # a known hash, or a row another writer inserted between our lookup and our insert
+            disposition, row_id = Disposition.DUPLICATE, plan.known.id if plan.known else None
+        reason = item.reason if isinstance(item, Rejected) else None
+        dest: Path | None = plan.dest
+        try:
+            archive.move(item.source.path, plan.dest)
+            if reason and disposition is not Disposition.RECOVERED and isinstance(item, Rejected):
+                archive.write_reason(plan.dest, item.reason, item.detail)
+        except FileNotFoundError:
+            log.warning("archive.source_gone", file=item.source.path.name, row_id=row_id)
+        except OSError as exc:
+            log.error(
+                "archive.failed",
+                file=item.source.path.name,
+                dest=str(plan.dest),
+                error=exc.strerror or str(exc),
+                row_id=row_id,
+            )
+            dest = None
+            if disposition is Disposition.RECORDED:
+                self.metrics.dispositions.labels(Disposition.DEFERRED.value).inc()
+            else:
+                disposition = Disposition.DEFERRED
+        scored = plan.scored if disposition is Disposition.RECORDED else None
+        return Outcome(
+            source=item.source,
+            sha256=item.sha256,
+            disposition=disposition,
+            status=Status.ERROR if reason else Status.OK,
+            verdict=scored.verdict if scored else None,
+            score=scored.score if scored else None,
+            destination=dest,
+            row_id=row_id,
+            reason=reason,
+            latency_s=committed - item.source.ready_at,
+        )
+
+    # --- database outages ----------------------------------------------------------------------------
+
+    def _with_retry(self, operation: Callable[[], _T]) -> _T:
+        delay = self.retry_initial_s
+        while True:
+            try:
+                return operation()
+            except SQLAlchemyError as exc:
+                self.metrics.db_failures.inc()
+                self.metrics.db_up.set(0)
+                log.error(
+                    "db.unavailable",
+                    error=str(exc.__cause__ or exc).splitlines()[0],
+                    retry_in_s=round(delay, 2),
+                )
+                if self.should_abort():
+                    raise Aborted("database unreachable at shutdown") from exc
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    if self.should_abort():
+                        raise Aborted("database unreachable at shutdown") from exc
+                    time.sleep(min(0.1, delay))
+                delay = min(delay * 2, self.retry_max_s)

@@ -1,0 +1,102 @@
+"""The typed, immutable records that flow between stages, in pipeline order.
+
+file event -> ReadyFile -> Decoded | Rejected -> Scored -> Outcome
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+
+class Verdict(StrEnum):
+    PRESENT = "present"
+    ABSENT = "absent"
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Disposition(StrEnum):
+    """What happened to a file once its batch was committed."""
+
+    RECORDED = "recorded"  # a new row, file archived or quarantined
+    RECOVERED = "recovered"  # the row existed (an earlier run committed it): file moved where the row says
+    DUPLICATE = "duplicate"  # the same bytes already have a row: no second row, file archived as a copy
+    VANISHED = "vanished"  # the file disappeared before it could be read: nothing to record
+    DEFERRED = "deferred"  # committed, but the move failed: the file stays in incoming and is retried
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyFile:
+    """A file judged completely written (readiness stage)."""
+
+    path: Path
+    ready_at: float  # time.monotonic() when judged ready: the start of the latency clock
+    received_at: datetime  # wall-clock time of the same moment (UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A file read, hashed, decoded and preprocessed into the model's input (decode stage)."""
+
+    source: ReadyFile
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    tensor: npt.NDArray[np.float32]  # (H, W, 1) float32 in [0, 1], at the model's input size
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A file that cannot be classified; recorded as an error row and quarantined (decode stage)."""
+
+    source: ReadyFile
+    sha256: str
+    size_bytes: int
+    reason: str  # a short machine-friendly code, e.g. "decode_failed", "too_many_pixels"
+    detail: str  # a human sentence
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Vanished:
+    """The file disappeared between its event and the read."""
+
+    source: ReadyFile
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A decoded image and the model's calibrated answer (infer stage)."""
+
+    image: Decoded
+    score: float
+    verdict: Verdict
+    model_version: str
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final account of one file after persist + archive."""
+
+    source: ReadyFile
+    sha256: str | None
+    disposition: Disposition
+    status: Status | None
+    verdict: Verdict | None
+    score: float | None
+    destination: Path | None
+    row_id: int | None
+    reason: str | None
+    latency_s: float

@@ -1,0 +1,1 @@
+"""Training, evaluation and export. Imports TensorFlow lazily; the daemon never imports this package."""

@@ -1,0 +1,53 @@
+"""Classification metrics on a labeled set (the rare class is the positive one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def best_f1_threshold(labels: npt.NDArray[np.int_], scores: npt.NDArray[np.float32]) -> float:
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def binary_metrics(
+    labels: npt.NDArray[np.int_], scores: npt.NDArray[np.float32], threshold: float
+) -> dict[str, Any]:
+    from sklearn.metrics import (
+        average_precision_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    predicted = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+    both = len(set(labels.tolist())) == 2
+    return {
+        "count": len(labels),
+        "positives": int(labels.sum()),
+        "threshold": threshold,
+        "precision": float(precision_score(labels, predicted, zero_division=0)),
+        "recall": float(recall_score(labels, predicted, zero_division=0)),
+        "f1": float(f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(roc_auc_score(labels, scores)) if both else None,
+        "pr_auc": float(average_precision_score(labels, scores)) if both else None,
+        "accuracy": (tp + tn) / max(len(labels), 1),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def platt(labels: npt.NDArray[np.int_], logits: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """Platt scaling: the (a, b) of sigmoid(a * logit + b) that best fits the labels."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e4).fit(logits.reshape(-1, 1), labels)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])

@@ -1,0 +1,68 @@
+"""File events: translates watchdog's events for the incoming folder into readiness calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from inspectd.readiness import Readiness
+
+
+def _path(raw: str | bytes) -> Path:
+    return Path(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, readiness: Readiness, close_events: bool) -> None:
+        self._readiness = readiness
+        self._close_events = close_events  # inotify reports closes; the polling observer does not
+
+    def on_closed(self, event: FileClosedEvent) -> None:
+        self._readiness.completed(_path(event.src_path))
+
+    def on_moved(self, event: FileMovedEvent | DirMovedEvent) -> None:
+        self._readiness.gone(_path(event.src_path))
+        dest = _path(event.dest_path)
+        if self._close_events and not event.is_directory:
+            self._readiness.completed(dest)  # rename() is atomic: the new name is complete
+        else:
+            self._readiness.touched(dest, writing=False)
+
+    def on_created(self, event: FileCreatedEvent | DirCreatedEvent) -> None:
+        self._readiness.touched(_path(event.src_path), writing=False)
+
+    def on_opened(self, event: FileOpenedEvent) -> None:
+        self._readiness.touched(_path(event.src_path), writing=True)
+
+    def on_modified(self, event: FileModifiedEvent | DirModifiedEvent) -> None:
+        if not event.is_directory:
+            self._readiness.touched(_path(event.src_path), writing=self._close_events)
+
+    def on_deleted(self, event: FileDeletedEvent | DirDeletedEvent) -> None:
+        self._readiness.gone(_path(event.src_path))
+
+
+def start_observer(readiness: Readiness, kind: str, poll_interval_s: float) -> BaseObserver:
+    observer: BaseObserver = PollingObserver(timeout=poll_interval_s) if kind == "polling" else Observer()
+    observer.schedule(
+        _Handler(readiness, close_events=kind != "polling"), str(readiness.folder), recursive=False
+    )
+    observer.daemon = True
+    observer.start()
+    return observer

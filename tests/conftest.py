@@ -1,0 +1,278 @@
+"""Shared fixtures: real files, a real daemon process, real SQLite (and PostgreSQL through pg_virtualenv)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from inspectd.synth import SynthSpec, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def png_bytes(
+    seed: int, present: bool | None = None, spec: SynthSpec | None = None, ext: str = ".png"
+) -> bytes:
+    sample = generate(np.random.default_rng(seed), spec or SynthSpec(), present)
+    ok, buf = cv2.imencode(ext, sample.image)
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Workspace:
+    root: Path
+    port: int
+    db_url: str
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "var" / "incoming"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "var" / "processed"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "var" / "quarantine"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "var" / "models"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    def write_config(self, **sections: dict[str, Any]) -> Path:
+        merged: dict[str, dict[str, Any]] = {
+            "database": {"url": self.db_url, "retry_initial_s": 0.2, "retry_max_s": 1.0},
+            "http": {"listen": f"127.0.0.1:{self.port}"},
+            "watch": {"settle_s": 0.2, "rescan_interval_s": 2.0},
+            "log": {"format": "json", "level": "debug"},
+            "model": {"num_threads": 1},
+            "decode": {"workers": 2},
+        }
+        for name, values in {**self.extra, **sections}.items():
+            merged.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in merged.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        return self.config
+
+    def cli(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "inspectd", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"inspectd {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def rows(self) -> list[dict[str, Any]]:
+        engine = sa.create_engine(self.db_url)
+        try:
+            with engine.connect() as conn:
+                result = conn.execute(sa.text("SELECT * FROM results ORDER BY id"))
+                return [dict(r._mapping) for r in result]
+        finally:
+            engine.dispose()
+
+    def archived(self) -> list[Path]:
+        return sorted(p for p in self.processed.rglob("*") if p.is_file())
+
+    def quarantined(self) -> list[Path]:
+        return sorted(
+            p
+            for p in self.quarantine.rglob("*")
+            if not p.name.endswith(".reason.json") and p.parent != self.quarantine
+        )
+
+    def waiting(self) -> list[Path]:
+        return sorted(self.incoming.iterdir()) if self.incoming.exists() else []
+
+    def drop(self, name: str, content: bytes) -> Path:
+        """Write a file the way a careful camera does: a hidden temporary name, then a rename."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        tmp = self.incoming / f".{name}.{uuid.uuid4().hex[:6]}"
+        tmp.write_bytes(content)
+        final = self.incoming / name
+        tmp.rename(final)
+        return final
+
+
+class DaemonProcess:
+    """`inspectd run` in a child process, its JSON log lines collected from stderr."""
+
+    def __init__(self, ws: Workspace, env: dict[str, str] | None = None) -> None:
+        self.ws = ws
+        self.log_path = ws.root / f"daemon-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inspectd", "--config", str(ws.config), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if name is None or event.get("event") == name:
+                out.append(event)
+        return out
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.ws.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                return self.get("/readyz")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, "daemon ready", interval=0.1)
+
+    def wait_rows(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            rows = self.ws.rows()
+            return rows if len(rows) >= count else None
+
+        return list(wait_until(enough, timeout, f"{count} rows"))
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    workspace = Workspace(tmp_path, free_port(), f"sqlite:///{tmp_path / 'var' / 'inspectd.db'}")
+    workspace.write_config()
+    return workspace
+
+
+@pytest.fixture
+def upgraded(ws: Workspace) -> Workspace:
+    ws.cli("db", "upgrade")
+    return ws
+
+
+@pytest.fixture
+def daemon(upgraded: Workspace) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(env: dict[str, str] | None = None, ready: bool = True) -> DaemonProcess:
+        proc = DaemonProcess(upgraded, env)
+        started.append(proc)
+        if ready:
+            proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+# --- PostgreSQL through pg_virtualenv -----------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the pg_virtualenv cluster (make test runs pytest inside one)."""
+    if not os.environ.get("PGHOST") and not os.environ.get("PGPORT"):
+        if os.environ.get("INSPECTD_REQUIRE_POSTGRES"):
+            pytest.fail("INSPECTD_REQUIRE_POSTGRES is set but no PostgreSQL is reachable (PG* unset)")
+        pytest.skip("no PostgreSQL: run under pg_virtualenv (make test does)")
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine("postgresql+psycopg:///postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield pg_url(name)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def pg_url(database: str) -> str:
+    user = os.environ.get("PGUSER", "postgres")
+    password = os.environ.get("PGPASSWORD", "")
+    host = os.environ.get("PGHOST", "localhost")
+    port = os.environ.get("PGPORT", "5432")
+    auth = f"{user}:{password}@" if password else f"{user}@"
+    if host.startswith("/"):
+        return f"postgresql+psycopg://{auth}/{database}?host={host}&port={port}"
+    return f"postgresql+psycopg://{auth}{host}:{port}/{database}"

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from inspectd.readiness import Readiness
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(folder: Path, clock: FakeClock) -> Readiness:
+    return Readiness(
+        folder, (".png", ".jpg"), (".*", "*.part", "*.tmp"), settle_s=0.5, stale_s=10.0, clock=clock
+    )
+
+
+def names(items: list) -> list[str]:  # type: ignore[type-arg]
+    return [i.path.name for i in items]
+
+
+def test_close_after_write_is_ready_at_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    (tmp_path / "a.png").write_bytes(b"x")
+    r.touched(tmp_path / "a.png", writing=True)
+    assert r.take(10, 0) == []
+    r.completed(tmp_path / "a.png")
+    assert names(r.take(10, 0)) == ["a.png"]
+
+
+def test_bare_create_waits_until_size_is_stable(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    path = tmp_path / "b.png"
+    path.write_bytes(b"x")
+    r.touched(path, writing=False)
+    assert r.take(10, 0) == []  # first look records the size
+    clock.now += 0.3
+    path.write_bytes(b"xy")  # still growing
+    assert r.take(10, 0) == []
+    clock.now += 0.3
+    assert r.take(10, 0) == []  # only 0.3 s stable
+    clock.now += 0.3
+    assert names(r.take(10, 0)) == ["b.png"]
+
+
+def test_open_for_write_without_close_waits_for_stale(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    path = tmp_path / "c.png"
+    path.write_bytes(b"x")
+    r.touched(path, writing=True)
+    r.take(10, 0)
+    clock.now += 5
+    assert r.take(10, 0) == []
+    clock.now += 6
+    assert names(r.take(10, 0)) == ["c.png"]
+
+
+def test_temporary_and_foreign_names_are_ignored(tmp_path: Path) -> None:
+    r = make(tmp_path, FakeClock())
+    for name in (".a.png.Xy12Ab", "b.png.part", "c.tmp", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+        r.completed(tmp_path / name)
+    (tmp_path / "sub").mkdir()
+    r.completed(tmp_path / "sub" / "d.png")
+    assert r.take(10, 0) == []
+    assert r.accepts(tmp_path / "UPPER.PNG")
+
+
+def test_a_file_is_handed_out_once_until_released(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    path = tmp_path / "d.png"
+    path.write_bytes(b"x")
+    r.completed(path)
+    r.completed(path)
+    r.touched(path, writing=False)
+    assert names(r.take(10, 0)) == ["d.png"]
+    r.completed(path)
+    assert r.scan() == 0
+    assert r.take(10, 0) == []
+    r.release([path])
+    r.completed(path)
+    assert names(r.take(10, 0)) == ["d.png"]
+
+
+def test_scan_finds_files_present_at_start(tmp_path: Path) -> None:
+    clock = FakeClock()
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(b"x")
+    (tmp_path / ".tmpfile.png").write_bytes(b"x")
+    r = make(tmp_path, clock)
+    assert r.scan() == 5
+    assert r.take(10, 0) == []
+    clock.now += 1
+    assert sorted(names(r.take(10, 0))) == [f"{i}.png" for i in range(5)]
+    assert r.backlog() == (0, 5)
+
+
+def test_candidate_that_disappears_is_dropped(tmp_path: Path) -> None:
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    path = tmp_path / "e.png"
+    path.write_bytes(b"x")
+    r.touched(path, writing=False)
+    path.unlink()
+    clock.now += 1
+    assert r.take(10, 0) == []
+    assert r.backlog() == (0, 0)
+
+
+def test_take_respects_max(tmp_path: Path) -> None:
+    r = make(tmp_path, FakeClock())
+    for i in range(7):
+        (tmp_path / f"{i}.png").write_bytes(b"x")
+        r.completed(tmp_path / f"{i}.png")
+    assert len(r.take(3, 0)) == 3
+    assert len(r.take(10, 0)) == 4
