@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postgresql postgresql-common systemd rsync
+APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus
 
 .PHONY: run test lint typecheck unit bench bundled-model clean system-deps
 
@@ -23,7 +23,7 @@ run: $(VENV)/.runtime
 	$(BIN)/inspectd db upgrade
 	$(BIN)/inspectd run
 
-# Debian packages the tests use for real: PostgreSQL (pg_virtualenv), systemd-analyze.
+# Debian packages the tests use for real: PostgreSQL (pg_virtualenv), systemd-analyze, rsync, Prometheus.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -134,6 +134,7 @@ class Daemon:
         self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)
         self.health.watcher = True
         found = self.readiness.scan()
+        self.metrics.incoming.set(self.readiness.last_scan_total)
         self._start_watchdog_pings()
         self.metrics.ready.set(1)
         log.info(
@@ -208,6 +209,7 @@ class Daemon:
                 next_model_poll = now + MODEL_POLL_S
             if now >= next_rescan:
                 found = self.readiness.scan()
+                self.metrics.incoming.set(self.readiness.last_scan_total)
                 if found:
                     log.info("rescan.found", files=found)
                 next_rescan = now + cfg.watch.rescan_interval_s

@@ -63,7 +63,15 @@ class Metrics:
         self.last = Gauge(
             "inspectd_last_processed_timestamp_seconds", "when the last row was committed", registry=r
         )
-        self.db_failures = Counter("inspectd_db_write_failures", "batch writes that failed", registry=r)
+        self.db_failures = Counter(
+            "inspectd_db_write_failures", "database operations that failed", registry=r
+        )
+        self.db_retries = Counter(
+            "inspectd_db_retries", "database operations retried after a failure", registry=r
+        )
+        self.incoming = Gauge(
+            "inspectd_incoming_files", "files found in incoming at the last scan", registry=r
+        )
         self.db_up = Gauge("inspectd_db_up", "1 when the last database operation succeeded", registry=r)
         self.ready = Gauge("inspectd_ready", "1 when model, database and watcher are all working", registry=r)
         self.model_failures = Counter(

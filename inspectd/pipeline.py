@@ -325,3 +325,4 @@ class Pipeline:
                         raise Aborted("database unreachable at shutdown") from exc
                     time.sleep(min(0.1, delay))
                 delay = min(delay * 2, self.retry_max_s)
+                self.metrics.db_retries.inc()

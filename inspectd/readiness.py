@@ -57,6 +57,7 @@ class Readiness:
         self._pending: dict[Path, _Candidate] = {}
         self._ready: deque[ReadyFile] = deque()
         self._claimed: set[Path] = set()  # in _ready or being processed
+        self.last_scan_total = 0  # acceptable files seen in the folder by the last scan
 
     # --- filters -------------------------------------------------------------------------------------
 
@@ -105,17 +106,21 @@ class Readiness:
             entries = list(os.scandir(self.folder))
         except FileNotFoundError:
             return 0
-        added = 0
+        added = total = 0
         now = self._clock()
         with self._cond:
             for entry in entries:
                 path = Path(entry.path)
-                if path in self._claimed or path in self._pending or not self.accepts(path):
+                if not self.accepts(path):
+                    continue
+                total += 1
+                if path in self._claimed or path in self._pending:
                     continue
                 self._pending[path] = _Candidate(False, None, now)
                 added += 1
             if added:
                 self._cond.notify_all()
+        self.last_scan_total = total
         return added
 
     # --- pipeline thread -----------------------------------------------------------------------------

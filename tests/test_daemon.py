@@ -266,3 +266,38 @@ def test_sighup_switches_to_a_new_good_model(daemon: Start, upgraded: Workspace)
     upgraded.drop("new.png", png_bytes(6))
     assert proc.wait_rows(1)[0]["model_version"] == "copy-2"
     assert proc.stop() == 0
+
+
+def test_polling_observer(daemon: Start, upgraded: Workspace, tmp_path: Path) -> None:
+    """The observer for network filesystems: no close events, readiness from size stability alone."""
+    upgraded.write_config(watch={"observer": "polling", "poll_interval_s": 0.2, "settle_s": 0.3})
+    proc = daemon()
+    upgraded.drop("p1.png", png_bytes(31))
+    staging = tmp_path / "stage.png"
+    staging.write_bytes(png_bytes(32))
+    subprocess.run(["cp", str(staging), str(upgraded.incoming / "p2.png")], check=True)
+    rows = proc.wait_rows(2)
+    assert {r["original_name"] for r in rows} == {"p1.png", "p2.png"}
+    assert proc.stop() == 0
+
+
+@pytest.mark.postgres
+def test_postgres_database(upgraded: Workspace, postgres_url: str) -> None:
+    upgraded.db_url = postgres_url
+    upgraded.write_config()
+    upgraded.cli("db", "upgrade")
+    for i in range(5):
+        upgraded.drop(f"pg-{i}.png", png_bytes(300 + i))
+    upgraded.drop("pg-bad.png", b"nope")
+    upgraded.drop("pg-dup.png", png_bytes(300))
+    proc = DaemonProcess(upgraded)
+    try:
+        proc.wait_ready()
+        proc.wait_rows(6)
+        wait_until(lambda: not upgraded.waiting(), 10, "incoming empty")
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+    rows = upgraded.rows()
+    assert len(rows) == 6 and sum(r["status"] == "error" for r in rows) == 1
+    assert_accounted(upgraded, 7)

@@ -1,0 +1,179 @@
+"""Metrics, alert rules and dashboard checked by the real tools: promtool and a real Prometheus server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, DaemonProcess, Workspace, free_port, png_bytes, wait_until
+from tools.make_dashboard import build, expressions
+
+RULES = ROOT / "prometheus" / "inspectd-rules.yml"
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None,
+    reason="Debian's prometheus package is not installed (make test installs it)",
+)
+
+
+def test_committed_dashboard_is_generated() -> None:
+    committed = json.loads((ROOT / "grafana" / "inspectd.json").read_text())
+    assert committed == build(), "run: python tools/make_dashboard.py > grafana/inspectd.json"
+    assert committed["uid"] == "inspectd-overview"
+    assert committed["templating"]["list"][0]["type"] == "datasource"
+    titles = {p["title"] for p in committed["panels"]}
+    for wanted in (
+        "Throughput by verdict",
+        "Defect rate (share of images with the symbol)",
+        "Latency, file ready to row committed",
+        "Queue depth",
+        "Errors by reason",
+        "Score distribution",
+        "Active model version",
+    ):
+        assert wanted in titles
+    for panel in committed["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+
+
+@needs_prometheus
+def test_rules_check_and_unit_tests() -> None:
+    check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 8 rules found" in check.stdout
+    unit = subprocess.run(
+        ["promtool", "test", "rules", "inspectd-rules.test.yml"],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+class Prometheus:
+    def __init__(self, root: Path, target: str) -> None:
+        self.port = free_port()
+        config = root / "prometheus.yml"
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(RULES)],
+                    "scrape_configs": [{"job_name": "inspectd", "static_configs": [{"targets": [target]}]}],
+                }
+            )
+        )
+        self.log = (root / "prometheus.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        try:
+            result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
+        except OSError:
+            return []
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus_for(tmp_path: Path) -> Iterator[Callable[[int], Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(port: int) -> Prometheus:
+        server = Prometheus(tmp_path, f"127.0.0.1:{port}")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def grafana_to_promql(expr: str) -> str:
+    return expr.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$instance", ".*")
+
+
+@needs_prometheus
+@pytest.mark.slow
+def test_real_prometheus_scrapes_the_daemon(
+    daemon: Callable[..., DaemonProcess], upgraded: Workspace, prometheus_for: Callable[[int], Prometheus]
+) -> None:
+    proc = daemon()
+    _, text = proc.get("/metrics")
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    prom = prometheus_for(upgraded.port)
+    wait_until(
+        lambda: any(r["value"][1] == "1" for r in prom.query('up{job="inspectd"}')), 60, "first scrape"
+    )
+    images = 0
+    for wave in range(2):  # two waves, so rates and quantiles have something to work on
+        for i in range(4):
+            upgraded.drop(f"w{wave}-{i}.png", png_bytes(500 + 10 * wave + i, present=bool(i % 2)))
+            images += 1
+        upgraded.drop(f"w{wave}-bad.png", b"not an image" * wave + b"!")
+        images += 1
+        proc.wait_rows(images)
+
+        def counted(n: int = images) -> bool:
+            result = prom.query("sum(inspectd_images_processed_total)")
+            return bool(result) and float(result[0]["value"][1]) == n
+
+        wait_until(counted, 30, f"Prometheus to see {images} images")
+
+    board = build()
+    for expr in expressions(board):
+        promql = grafana_to_promql(expr)
+        result = prom.query(promql)
+        assert result, f"no data for dashboard expression: {promql}"
+
+    def rules_evaluated() -> list[dict[str, Any]] | None:
+        groups = prom.api("rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        return (
+            rules
+            if len(rules) == 8 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules)
+            else None
+        )
+
+    rules = wait_until(rules_evaluated, 30, "the alert rules to be evaluated")
+    assert all(r["health"] == "ok" for r in rules), rules
+    assert proc.stop() == 0
+
+
+@needs_prometheus
+def test_example_prometheus_config(tmp_path: Path) -> None:
+    example = (ROOT / "prometheus" / "prometheus.example.yml").read_text()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(example.replace("/etc/prometheus/inspectd-rules.yml", str(RULES)))
+    check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
