@@ -286,5 +286,205 @@ def models(obj: _Obj) -> None:
         )
 
 
+EX_DATAERR = 65  # sysexits.h: the input data (labels) cannot be used
+
+
+def _engine(obj: _Obj) -> Any:
+    from inspectd import db
+
+    cfg = obj.config()
+    engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
+    try:
+        db.require_current_schema(engine)
+    except db.SchemaMismatch as exc:
+        raise click.ClickException(str(exc)) from None
+    return engine
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@click.argument("label", required=False, type=click.Choice(["present", "absent"]))
+@click.option(
+    "--import",
+    "import_csv",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CSV of (file name, hash or image path; label) rows, applied all or nothing",
+)
+@click.option(
+    "--sync", is_flag=True, help="take the images in the label folders (paths.labels/present|absent)"
+)
+@click.option("--by", default=None, help="who labels (stored with the label)")
+@click.pass_obj
+def label(
+    obj: _Obj, ref: str | None, label: str | None, import_csv: Path | None, sync: bool, by: str | None
+) -> None:
+    """Record the true answer: `label ID|HASH|FILE present|absent`, `--import CSV`, or `--sync`."""
+    from inspectd import labels as lab
+
+    engine = _engine(obj)
+    try:
+        if import_csv is not None:
+            labeled, added = lab.import_csv(engine, import_csv, by)
+            click.echo(f"labeled {labeled} results, added {added} examples")
+        elif sync:
+            cfg = obj.config()
+            report = lab.sync_folders(engine, cfg.paths.labels, cfg.watch.extensions, by)
+            click.echo(
+                f"linked {report.linked} results, added {report.added} examples, "
+                f"relabeled {report.relabeled}, unchanged {report.unchanged}"
+            )
+            for problem in report.skipped:
+                click.echo(f"skipped {problem}", err=True)
+        elif ref is not None and label is not None:
+            row = lab.label_result(engine, ref, label, by)
+            click.echo(f"result {row.id} ({row.original_name}) labeled {label}; the model said {row.verdict}")
+        else:
+            raise click.UsageError("give REF and LABEL, or --import CSV, or --sync")
+    except lab.LabelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="uncertain results (scores nearest the threshold)",
+)
+@click.option(
+    "--confident",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="plus a random sample of confident ones",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table")
+@click.pass_obj
+def review(obj: _Obj, limit: int, confident: int, fmt: str) -> None:
+    """Unlabeled results most worth a human look, to label next."""
+    from inspectd import labels as lab
+
+    rows = lab.review(_engine(obj), limit, confident)
+    if fmt == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['id']:>6}  {row['why']:<16}  score {row['score']:.3f} (threshold {row['threshold']:.3f}, "
+            f"{row['verdict']})  {row['stored_path']}"
+        )
+    click.echo(f"({len(rows)} to review; label with: inspectd label ID present|absent)")
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="an extra folder of labeled images: DATA/present/ and DATA/absent/",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="override retrain.epochs")
+@click.option(
+    "--backbone",
+    type=click.Choice(["small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50"]),
+    default=None,
+    help="override retrain.backbone",
+)
+@click.option(
+    "--input-size", type=click.IntRange(min=32, max=512), default=None, help="override retrain.input_size"
+)
+@click.option("--force", is_flag=True, help="activate the new version even if the gate refuses it")
+@click.pass_obj
+def retrain(
+    obj: _Obj,
+    data: Path | None,
+    epochs: int | None,
+    backbone: str | None,
+    input_size: int | None,
+    force: bool,
+) -> None:
+    """Train a new model version from the labeled images; promote it only if it is no worse."""
+    from inspectd.train.backbones import WeightsUnavailable
+    from inspectd.train.dataset import NotEnoughLabels
+    from inspectd.train.retrain import retrain as run_retrain
+
+    cfg = obj.config()
+    try:
+        outcome = run_retrain(
+            cfg, _engine(obj), data, force, {"epochs": epochs, "backbone": backbone, "input_size": input_size}
+        )
+    except NotEnoughLabels as exc:
+        click.echo(f"inspectd retrain: {exc}", err=True)
+        sys.exit(EX_DATAERR)
+    except WeightsUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    from inspectd.train.report import summary
+
+    click.echo(summary(outcome.candidate))
+    if outcome.active is not None:
+        click.echo(summary(outcome.active))
+    verdict = "PROMOTED" if outcome.promoted else "NOT PROMOTED"
+    click.echo(
+        f"{verdict}: {outcome.version}. {outcome.decision}\nreports and TensorBoard logs: {outcome.run_dir}"
+    )
+
+
+@cli.command("eval")
+@click.argument("version", required=False)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="a folder of labeled images (DATA/present/, DATA/absent/); default: the labeled holdout",
+)
+@click.pass_obj
+def eval_command(obj: _Obj, version: str | None, data: Path | None) -> None:
+    """Evaluate a model version (default: the active one): report.json, plots and a summary."""
+    from inspectd.infer import ModelLoadError
+    from inspectd.train.dataset import NotEnoughLabels
+    from inspectd.train.report import summary
+    from inspectd.train.retrain import evaluate_version
+
+    try:
+        result, out = evaluate_version(obj.config(), _engine(obj), version, data)
+    except NotEnoughLabels as exc:
+        click.echo(f"inspectd eval: {exc}", err=True)
+        sys.exit(EX_DATAERR)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary(result))
+    click.echo(f"report: {out / 'report.json'}")
+
+
+@cli.command()
+@click.argument("version")
+@click.pass_obj
+def promote(obj: _Obj, version: str) -> None:
+    """Make VERSION the active model (running daemons switch within seconds)."""
+    from inspectd.infer import Inferencer, ModelLoadError
+    from inspectd.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(obj.config().paths.models)
+    try:
+        Inferencer.load(registry.version_dir(version))  # refuse what the daemon would refuse
+        registry.activate(version, reason="promote")
+    except (ModelLoadError, RegistryError) as exc:
+        raise click.ClickException(f"not promoted: {exc}") from None
+    click.echo(f"active model: {version}")
+
+
+@cli.command()
+@click.pass_obj
+def rollback(obj: _Obj) -> None:
+    """Re-activate the model that was active before the current one."""
+    from inspectd.registry import ModelRegistry, RegistryError
+
+    try:
+        meta = ModelRegistry(obj.config().paths.models).rollback()
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"active model: {meta.version}")
+
+
 def main() -> None:
     cli()

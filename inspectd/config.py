@@ -37,6 +37,8 @@ class PathsConfig(_Section):
     processed: Path = Path("var/processed")
     quarantine: Path = Path("var/quarantine")
     models: Path = Path("var/models")
+    labels: Path = Path("var/labels")
+    runs: Path = Path("var/runs")
 
 
 class DatabaseConfig(_Section):
@@ -108,6 +110,51 @@ class ModelConfig(_Section):
     num_threads: int = Field(default=0, ge=0)  # 0: one per CPU core
 
 
+class AugmentConfig(_Section):
+    """Random transforms applied to training images only (0 disables one)."""
+
+    rotation_deg: float = Field(default=180.0, ge=0, le=180)
+    scale: float = Field(default=0.15, ge=0, lt=1)
+    shear_deg: float = Field(default=8.0, ge=0, le=45)
+    translate: float = Field(default=0.1, ge=0, lt=0.5)
+    brightness: float = Field(default=0.15, ge=0, le=1)
+    contrast: float = Field(default=0.2, ge=0, le=1)
+    blur_sigma: float = Field(default=1.0, ge=0, le=5)
+    noise_std: float = Field(default=0.02, ge=0, le=0.5)
+    flip: bool = True  # mirror images; turn off when the symbol is not mirror-symmetric
+
+
+class GateConfig(_Section):
+    """A candidate is promoted only if, on the same holdout, it loses no more than this."""
+
+    max_recall_drop: float = Field(default=0.0, ge=0, le=1)
+    max_roc_auc_drop: float = Field(default=0.005, ge=0, le=1)
+
+
+class RetrainConfig(_Section):
+    backbone: Literal["small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50"] = "small_cnn"
+    pretrained: bool = True  # ImageNet weights for the pretrained backbones (from weights, else download)
+    weights: dict[
+        str, Path
+    ] = {}  # backbone -> local ImageNet weights file (.weights.h5), for offline machines
+    input_size: int = Field(default=128, ge=32, le=512)
+    epochs: int = Field(default=30, ge=1)
+    fine_tune_epochs: int = Field(default=10, ge=0)
+    fine_tune_layers: int = Field(default=30, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    fine_tune_learning_rate: float = Field(default=1e-5, gt=0)
+    patience: int = Field(default=6, ge=1)
+    min_per_class: int = Field(default=20, ge=2)
+    holdout_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    seed: int = 1234
+    threshold_policy: Literal["best_f1", "target_recall"] = "best_f1"
+    target_recall: float = Field(default=0.95, gt=0, le=1)
+    augment: AugmentConfig = AugmentConfig()
+    gate: GateConfig = GateConfig()
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -139,6 +186,7 @@ class Config(BaseSettings):
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     systemd: SystemdConfig = SystemdConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -205,5 +253,7 @@ def resolve_relative(config: Config, base: Path) -> Config:
         db_path = Path(url.database or "")
         if not db_path.is_absolute():
             url = url.set(database=str(base / db_path))
+    weights = {name: p if p.is_absolute() else base / p for name, p in config.retrain.weights.items()}
+    retrain = config.retrain.model_copy(update={"weights": weights})
     database = config.database.model_copy(update={"url": url.render_as_string(hide_password=False)})
-    return config.model_copy(update={"paths": paths, "database": database})
+    return config.model_copy(update={"paths": paths, "database": database, "retrain": retrain})

@@ -82,6 +82,25 @@ class Result(Base):
     )
 
 
+class Example(Base):
+    """A labeled image that has no result row: sorted into a label folder, or imported from a CSV."""
+
+    __tablename__ = "examples"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(16))
+    labeled_by: Mapped[str | None] = mapped_column(String(128))
+    labeled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("label IN ('present', 'absent')", name="label"),
+        CheckConstraint("source IN ('folder', 'import')", name="source"),
+    )
+
+
 def _sqlite_pragmas(busy_timeout_s: float) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()

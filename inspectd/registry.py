@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ MODEL_FILE = "model.tflite"
 META_FILE = "metadata.json"
 SELFTEST_FILE = "selftest.npz"
 ACTIVE_FILE = "active"
+HISTORY_FILE = "history.jsonl"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -104,8 +105,10 @@ class ModelRegistry:
         except FileNotFoundError:
             return None
 
-    def activate(self, version: str) -> ModelMeta:
+    def activate(self, version: str, reason: str = "manual") -> ModelMeta:
+        """Make ``version`` the active one (atomically) and record it in the history."""
         meta = read_meta(self.version_dir(version))
+        previous = self.active_version()
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".active.", dir=self.root)
         with os.fdopen(fd, "w") as fh:
@@ -113,7 +116,30 @@ class ModelRegistry:
             fh.flush()
             os.fsync(fh.fileno())
         Path(tmp).replace(self.root / ACTIVE_FILE)
+        entry = {
+            "at": datetime.now(UTC).isoformat(),
+            "version": version,
+            "previous": previous,
+            "reason": reason,
+        }
+        with (self.root / HISTORY_FILE).open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
         return meta
+
+    def history(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.root / HISTORY_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def rollback(self) -> ModelMeta:
+        """Re-activate the version that was active before the current one."""
+        current = self.active_version()
+        for entry in reversed(self.history()):
+            if entry["version"] == current and entry.get("previous"):
+                return self.activate(entry["previous"], reason=f"rollback from {current}")
+        raise RegistryError(f"no earlier active version recorded before {current}")
 
     def install(self, source: Path) -> ModelMeta:
         """Copy a version folder (e.g. a training run's output) into the registry, unchanged."""
@@ -138,7 +164,7 @@ class ModelRegistry:
         if active is not None:
             return active
         meta = self.install(bundled_model_dir())
-        self.activate(meta.version)
+        self.activate(meta.version, reason="bundled default")
         return meta.version
 
 

@@ -90,10 +90,17 @@ class Workspace:
         }
         for name, values in {**self.extra, **sections}.items():
             merged.setdefault(name, {}).update(values)
-        lines = []
-        for name, values in merged.items():
+        lines: list[str] = []
+
+        def table(name: str, values: dict[str, Any]) -> None:
             lines.append(f"[{name}]")
-            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict))
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    table(f"{name}.{key}", value)
+
+        for name, values in merged.items():
+            table(name, values)
         self.config.write_text("\n".join(lines) + "\n")
         return self.config
 

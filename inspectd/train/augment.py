@@ -1,0 +1,38 @@
+"""Augmentation inside the training pipeline (training batches only), from [retrain.augment]."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inspectd.config import AugmentConfig
+from inspectd.train.tf import keras
+
+
+def pipeline(cfg: AugmentConfig, seed: int) -> Any:
+    k = keras()
+    layers = k.layers
+    steps: list[Any] = []
+    if cfg.flip:
+        steps.append(layers.RandomFlip("horizontal_and_vertical", seed=seed))
+    if cfg.rotation_deg:
+        steps.append(layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode="reflect", seed=seed + 1))
+    if cfg.scale:
+        steps.append(layers.RandomZoom((-cfg.scale, cfg.scale), fill_mode="reflect", seed=seed + 2))
+    if cfg.shear_deg:
+        factor = min(1.0, cfg.shear_deg / 45.0)
+        steps.append(layers.RandomShear(x_factor=factor, y_factor=factor, fill_mode="reflect", seed=seed + 3))
+    if cfg.translate:
+        steps.append(
+            layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode="reflect", seed=seed + 4)
+        )
+    if cfg.brightness:
+        steps.append(layers.RandomBrightness(cfg.brightness, value_range=(0.0, 1.0), seed=seed + 5))
+    if cfg.contrast:
+        steps.append(layers.RandomContrast(cfg.contrast, value_range=(0.0, 1.0), seed=seed + 6))
+    if cfg.blur_sigma:
+        steps.append(
+            layers.RandomGaussianBlur(factor=0.5, sigma=cfg.blur_sigma, value_range=(0.0, 1.0), seed=seed + 7)
+        )
+    if cfg.noise_std:
+        steps.append(layers.GaussianNoise(cfg.noise_std, seed=seed + 8))
+    return k.Sequential(steps, name="augment")

@@ -1,0 +1,101 @@
+"""Networks for retraining. Each takes (S, S, 1) float32 in [0, 1] and outputs one logit.
+
+Pretrained backbones come from ``keras.applications`` with ImageNet weights: a local weights file named
+in ``[retrain.weights]`` first (machines on the line have no internet), else Keras's own download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inspectd import logs
+from inspectd.train.model import small_cnn
+from inspectd.train.tf import keras
+
+log = logs.get("inspectd.train")
+
+
+class WeightsUnavailable(Exception):
+    """No ImageNet weights could be found for a pretrained backbone."""
+
+
+@dataclass(frozen=True)
+class Built:
+    model: Any
+    base: Any | None  # the pretrained backbone inside ``model`` (None for the small CNN)
+    weights: str  # where the backbone's starting weights came from
+
+
+def _application(name: str, size: int) -> tuple[Any, float]:
+    """The Keras application without its top, and the pixel scale it expects (its own preprocessing is
+    built in for MobileNetV3 and EfficientNet; ResNet50 gets caffe-style inputs from the caller)."""
+    k = keras()
+    shape = (size, size, 3)
+    if name == "mobilenet_v3_small":
+        return k.applications.MobileNetV3Small(
+            input_shape=shape, include_top=False, weights=None, include_preprocessing=True
+        ), 255.0
+    if name == "efficientnet_b0":
+        return k.applications.EfficientNetB0(input_shape=shape, include_top=False, weights=None), 255.0
+    if name == "resnet50":
+        return k.applications.ResNet50(input_shape=shape, include_top=False, weights=None), 255.0
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def _load_imagenet(base: Any, name: str, size: int, local: Path | None) -> str:
+    if local is not None:
+        if not local.is_file():
+            raise WeightsUnavailable(f"retrain.weights.{name} = {local}: no such file")
+        base.load_weights(str(local))
+        return str(local)
+    k = keras()
+    constructors = {
+        "mobilenet_v3_small": k.applications.MobileNetV3Small,
+        "efficientnet_b0": k.applications.EfficientNetB0,
+        "resnet50": k.applications.ResNet50,
+    }
+    try:
+        downloaded = constructors[name](input_shape=(size, size, 3), include_top=False, weights="imagenet")
+    except Exception as exc:  # noqa: BLE001 - any download failure means: no weights here
+        raise WeightsUnavailable(
+            f"no ImageNet weights for {name}: the download failed ({type(exc).__name__}) and "
+            f"[retrain.weights] names no file for it; set retrain.weights.{name} = PATH, or "
+            "retrain.pretrained = false to start from random weights"
+        ) from None
+    base.set_weights(downloaded.get_weights())
+    return "imagenet download"
+
+
+def build(name: str, size: int, pretrained: bool, local_weights: Path | None) -> Built:
+    if name == "small_cnn":
+        return Built(small_cnn((size, size)), None, "random init")
+    k = keras()
+    layers = k.layers
+    base, scale = _application(name, size)
+    source = _load_imagenet(base, name, size, local_weights) if pretrained else "random init"
+    log.info("backbone.ready", backbone=name, weights=source, parameters=int(base.count_params()))
+    base.trainable = False
+    inputs = k.Input((size, size, 1), name="image")
+    x = layers.Concatenate()([inputs, inputs, inputs])
+    x = layers.Rescaling(scale)(x)
+    if name == "resnet50":  # caffe-style: per-channel ImageNet means subtracted (gray: B = G = R)
+        x = layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0])(x)
+    x = base(x, training=False)  # batch-norm stays in inference mode, also when fine-tuning
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(1, name="logit")(x)
+    return Built(k.Model(inputs, outputs, name=f"{name}_classifier"), base, source)
+
+
+def unfreeze_top(base: Any, count: int) -> int:
+    """Phase two: the top ``count`` layers become trainable, batch-norm layers excepted."""
+    k = keras()
+    base.trainable = True
+    trainable = 0
+    for i, layer in enumerate(base.layers):
+        top = i >= len(base.layers) - count
+        layer.trainable = top and not isinstance(layer, k.layers.BatchNormalization)
+        trainable += int(layer.trainable)
+    return trainable

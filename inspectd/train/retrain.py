@@ -1,0 +1,314 @@
+"""`inspectd retrain`: labeled images in, a new registry version out, promoted only if no worse."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine
+
+from inspectd import labels, logs
+from inspectd.config import Config, GateConfig, RetrainConfig
+from inspectd.decode import DecodeLimits
+from inspectd.infer import Inferencer, ModelLoadError
+from inspectd.registry import ModelRegistry
+from inspectd.train import augment, report
+from inspectd.train.backbones import build, unfreeze_top
+from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, split
+from inspectd.train.evaluate import platt
+from inspectd.train.export import export_version
+from inspectd.train.tf import keras, tensorflow
+
+log = logs.get("inspectd.retrain")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: str
+    run_dir: Path
+    promoted: bool
+    decision: str
+    candidate: dict[str, Any]
+    active: dict[str, Any] | None
+
+
+def gate(candidate: dict[str, Any], active: dict[str, Any] | None, rules: GateConfig) -> tuple[bool, str]:
+    if active is None:
+        return True, "no active model to compare with"
+    c, a = candidate["metrics"], active["metrics"]
+    recall_drop = a["recall"] - c["recall"]
+    auc_drop = (a["roc_auc"] or 0.0) - (c["roc_auc"] or 0.0)
+    facts = (
+        f"recall {c['recall']:.4f} vs {a['recall']:.4f}, ROC-AUC {c['roc_auc']:.4f} vs {a['roc_auc']:.4f} "
+        f"(allowed drops {rules.max_recall_drop}, {rules.max_roc_auc_drop})"
+    )
+    if recall_drop > rules.max_recall_drop + 1e-12 or auc_drop > rules.max_roc_auc_drop + 1e-12:
+        return False, "candidate is worse than the active model: " + facts
+    return True, "candidate is no worse than the active model: " + facts
+
+
+def gather(engine: Engine, cfg: Config, data: Path | None) -> list[labels.Labeled]:
+    sync = labels.sync_folders(engine, cfg.paths.labels, cfg.watch.extensions, by="label-folder")
+    log.info(
+        "labels.synced",
+        linked=sync.linked,
+        added=sync.added,
+        relabeled=sync.relabeled,
+        skipped=len(sync.skipped),
+    )
+    items = {i.sha256: i for i in labels.labeled_examples(engine)}
+    if data is not None:
+        for item in folder_examples(data, cfg.watch.extensions):
+            items.setdefault(item.sha256, item)
+    return list(items.values())
+
+
+def confusion_images(x: npt.NDArray[np.float32], y: npt.NDArray[np.int_], logdir: Path) -> Any:
+    """A Keras callback: the validation confusion matrix as a TensorBoard image after every epoch."""
+    k = keras()
+    tf = tensorflow()
+    writer = tf.summary.create_file_writer(str(logdir / "confusion"))
+
+    class ConfusionImages(k.callbacks.Callback):  # type: ignore[misc,name-defined]
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            predicted = (np.asarray(self.model(x, training=False)).reshape(-1) >= 0).astype(int)
+            cm = {
+                "tn": int(((predicted == 0) & (y == 0)).sum()),
+                "fp": int(((predicted == 1) & (y == 0)).sum()),
+                "fn": int(((predicted == 0) & (y == 1)).sum()),
+                "tp": int(((predicted == 1) & (y == 1)).sum()),
+            }
+            buffer = io.BytesIO()
+            report.confusion_figure(cm, f"validation, epoch {epoch + 1}").savefig(
+                buffer, format="png", dpi=72
+            )
+            image = tf.image.decode_png(buffer.getvalue(), channels=4)[tf.newaxis]
+            with writer.as_default():
+                tf.summary.image("confusion_matrix", image, step=epoch)
+
+    return ConfusionImages()
+
+
+def _fit(
+    model: Any,
+    rc: RetrainConfig,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int_],
+    xv: npt.NDArray[np.float32],
+    yv: npt.NDArray[np.int_],
+    run_dir: Path,
+    learning_rate: float,
+    epochs: int,
+    initial_epoch: int,
+) -> int:
+    tf = tensorflow()
+    k = keras()
+    aug = augment.pipeline(rc.augment, rc.seed)
+    train = (
+        tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
+        .shuffle(len(x), seed=rc.seed, reshuffle_each_iteration=True)
+        .batch(rc.batch_size)
+        .map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
+    n, positives = len(y), int(y.sum())
+    class_weight = {0: n / (2 * (n - positives)), 1: n / (2 * positives)}
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate),
+        loss=k.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[
+            k.metrics.AUC(from_logits=True, name="auc"),
+            k.metrics.Precision(thresholds=0.0, name="precision"),
+            k.metrics.Recall(thresholds=0.0, name="recall"),
+        ],
+    )
+    callbacks = [
+        k.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=rc.patience, restore_best_weights=True
+        ),
+        k.callbacks.ReduceLROnPlateau(
+            monitor="val_auc", mode="max", factor=0.3, patience=max(1, rc.patience // 2)
+        ),
+        k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
+        confusion_images(xv, yv, run_dir / "tensorboard"),
+    ]
+    history = model.fit(
+        train,
+        validation_data=(xv, yv.astype(np.float32)),
+        epochs=initial_epoch + epochs,
+        initial_epoch=initial_epoch,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return initial_epoch + len(history.history["loss"])
+
+
+def retrain(
+    cfg: Config, engine: Engine, data: Path | None, force: bool, overrides: dict[str, Any]
+) -> Outcome:
+    rc = cfg.retrain.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    started = time.monotonic()
+    tensorflow(threads=os.cpu_count() or 1)
+    k = keras()
+    k.utils.set_random_seed(rc.seed)
+    now = datetime.now(UTC)
+    version = f"{now:%Y%m%d-%H%M%S}-{rc.backbone.replace('_', '-')}"
+    run_dir = cfg.paths.runs / f"retrain-{version}"
+    run_dir.mkdir(parents=True)
+
+    items = gather(engine, cfg, data)
+    parts: Split = split(items, rc.holdout_fraction, rc.validation_fraction, rc.seed, rc.min_per_class)
+    size = (rc.input_size, rc.input_size)
+    limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
+    x, y, _ = load(parts.train, size, limits)
+    xv, yv, _ = load(parts.validation, size, limits)
+    log.info(
+        "dataset.ready",
+        **{f"{n}_{c}": v for n, counts in parts.counts().items() for c, v in counts.items()},
+        fingerprint=parts.fingerprint()[:16],
+    )
+
+    built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
+    epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
+    if built.base is not None and rc.fine_tune_epochs:
+        trainable = unfreeze_top(built.base, rc.fine_tune_layers)
+        log.info("fine_tune.start", trainable_layers=trainable)
+        epochs_run = _fit(
+            built.model,
+            rc,
+            x,
+            y,
+            xv,
+            yv,
+            run_dir,
+            rc.fine_tune_learning_rate,
+            rc.fine_tune_epochs,
+            epochs_run,
+        )
+    built.model.save(run_dir / "model.keras")
+
+    val_logits = np.asarray(built.model.predict(xv, batch_size=128, verbose=0), np.float32).reshape(-1)
+    a, b = platt(yv, val_logits)
+    val_scores = (1 / (1 + np.exp(-(a * val_logits + b)))).astype(np.float32)
+    threshold = report.choose_threshold(yv, val_scores, rc.threshold_policy, rc.target_recall)
+
+    training = {
+        "backbone": rc.backbone,
+        "weights": built.weights,
+        "input_size": rc.input_size,
+        "epochs_run": epochs_run,
+        "config": json.loads(rc.model_dump_json()),
+        "dataset_fingerprint": parts.fingerprint(),
+        "split": parts.counts(),
+        "seconds": round(time.monotonic() - started, 1),
+        "parameters": int(built.model.count_params()),
+    }
+    candidate_dir = run_dir / "version"
+    meta = export_version(built.model, candidate_dir, version, size, threshold, (a, b), xv[:8], {}, training)
+    registry = ModelRegistry(cfg.paths.models)
+
+    # the same holdout for both models, each through its own preprocessing size and threshold
+    candidate = Inferencer.load(candidate_dir)
+    cand_report, _ = _evaluate(candidate, parts, limits, rc, run_dir / "holdout-candidate")
+    active_version: str | None = registry.ensure_active()  # a fresh install compares with the bundled model
+    act_report: dict[str, Any] | None = None
+    if active_version is not None:
+        try:
+            active = Inferencer.load(registry.version_dir(active_version))
+            act_report, _ = _evaluate(active, parts, limits, rc, run_dir / "holdout-active")
+        except ModelLoadError as exc:
+            log.warning("active_model.unusable", version=active_version, error=str(exc))
+    passed, decision = gate(cand_report, act_report, rc.gate)
+
+    final_meta = meta.model_copy(
+        update={
+            "metrics": {
+                "holdout": cand_report["metrics"],
+                "compared_with": active_version,
+                "decision": decision,
+            }
+        }
+    )
+    (candidate_dir / "metadata.json").write_text(
+        json.dumps(final_meta.model_dump(mode="json"), indent=2) + "\n"
+    )
+    registry.install(candidate_dir)
+    promoted = passed or force
+    if promoted:
+        registry.activate(version, reason="retrain --force" if force and not passed else "retrain")
+    summary = {
+        "version": version,
+        "promoted": promoted,
+        "forced": force and not passed,
+        "decision": decision,
+        "candidate": cand_report["metrics"],
+        "active": act_report["metrics"] if act_report else None,
+        "active_version": active_version,
+        "training": training,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "retrain.done",
+        version=version,
+        promoted=promoted,
+        decision=decision,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return Outcome(version, run_dir, promoted, decision, cand_report, act_report)
+
+
+def _evaluate(
+    inferencer: Inferencer, parts: Split, limits: DecodeLimits, rc: RetrainConfig, out: Path
+) -> tuple[dict[str, Any], Path]:
+    return _evaluate_items(inferencer, parts.holdout, limits, rc, out)
+
+
+def evaluate_version(
+    cfg: Config, engine: Engine, version: str | None, data: Path | None
+) -> tuple[dict[str, Any], Path]:
+    """`inspectd eval`: a version (default: the active one) on a labeled folder, or on the holdout split of
+    the labeled images (the split retrain uses)."""
+    registry = ModelRegistry(cfg.paths.models)
+    version = version or registry.active_version()
+    if version is None:
+        raise ModelLoadError("the registry has no active version; name one")
+    inferencer = Inferencer.load(registry.version_dir(version))
+    rc = cfg.retrain
+    if data is not None:
+        items = folder_examples(data, cfg.watch.extensions)
+        where = str(data)
+    else:
+        items = split(
+            gather(engine, cfg, None), rc.holdout_fraction, rc.validation_fraction, rc.seed, 2
+        ).holdout
+        where = "holdout"
+    if len({i.label for i in items}) < 2:
+        raise NotEnoughLabels(f"{where}: need labeled images of both classes to evaluate")
+    limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
+    out = cfg.paths.runs / f"eval-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    result, _ = _evaluate_items(inferencer, items, limits, rc, out)
+    result["data"] = where
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result, out
+
+
+def _evaluate_items(
+    inferencer: Inferencer, items: list[labels.Labeled], limits: DecodeLimits, rc: RetrainConfig, out: Path
+) -> tuple[dict[str, Any], Path]:
+    x, y, kept = load(items, inferencer.input_size, limits)
+    scores = report.score(inferencer, x)
+    result = report.build_report(
+        inferencer.version, inferencer.meta.threshold, y, scores, kept, rc.threshold_policy, rc.target_recall
+    )
+    report.write(out, result, y, scores)
+    return result, out

@@ -1,0 +1,208 @@
+"""The retraining loop on generated data: labels, retrain, reports, the promotion gate, live switching."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DaemonProcess, Workspace, png_bytes, wait_until
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., DaemonProcess]
+QUICK = {"epochs": 2, "input_size": 64, "min_per_class": 10, "patience": 2, "batch_size": 16}
+
+
+def results_from_daemon(ws: Workspace, daemon: Start, count: int) -> list[dict[str, object]]:
+    proc = daemon()
+    for i in range(count):
+        ws.drop(f"line-{i:03d}.png", png_bytes(700 + i, present=bool(i % 2)))
+    rows = proc.wait_rows(count)
+    assert proc.stop() == 0
+    return rows
+
+
+def test_three_ways_to_label_and_review(daemon: Start, upgraded: Workspace, tmp_path: Path) -> None:
+    rows = results_from_daemon(upgraded, daemon, 8)
+    by_name = {str(r["original_name"]): r for r in rows}
+    # 1. one at a time, by id, by hash prefix, by file name
+    upgraded.cli("label", str(by_name["line-000.png"]["id"]), "absent", "--by", "ana")
+    upgraded.cli("label", str(by_name["line-001.png"]["content_hash"])[:12], "present")
+    upgraded.cli("label", "line-002.png", "absent")
+    unknown = upgraded.cli("label", "nope.png", "present", check=False)
+    assert unknown.returncode == 1 and "no result matches" in unknown.stderr
+    # 2. a CSV: names or hashes, plus an image the daemon never saw (added as an example)
+    extra = tmp_path / "extra.png"
+    extra.write_bytes(png_bytes(9999, present=True))
+    sheet = tmp_path / "labels.csv"
+    with sheet.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        writer.writerow(["line-003.png", "present"])
+        writer.writerow([by_name["line-004.png"]["content_hash"], "absent"])
+        writer.writerow(["extra.png", "present"])
+    assert "labeled 2 results, added 1 examples" in upgraded.cli("label", "--import", str(sheet)).stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nline-005.png,present\nline-006.png,maybe\n")
+    failed = upgraded.cli("label", "--import", str(bad), check=False)
+    assert failed.returncode == 1 and "line 3" in failed.stderr and "nothing imported" in failed.stderr
+    # 3. label folders: an archived image (links to its row) and a new one
+    labels = upgraded.root / "var" / "labels"
+    (labels / "present").mkdir(parents=True)
+    shutil.copy(str(by_name["line-005.png"]["stored_path"]), labels / "present" / "copy-of-5.png")
+    (labels / "present" / "new.png").write_bytes(png_bytes(8888, present=True))
+    out = upgraded.cli("label", "--sync").stdout
+    assert "linked 1 results, added 1 examples" in out
+    assert "unchanged 2" in upgraded.cli("label", "--sync").stdout
+
+    labeled = {str(r["original_name"]): r["label"] for r in upgraded.rows()}
+    assert labeled == {
+        "line-000.png": "absent",
+        "line-001.png": "present",
+        "line-002.png": "absent",
+        "line-003.png": "present",
+        "line-004.png": "absent",
+        "line-005.png": "present",
+        "line-006.png": None,
+        "line-007.png": None,
+    }
+    assert [r["labeled_by"] for r in upgraded.rows()][0] == "ana"
+    queue = [
+        json.loads(line)
+        for line in upgraded.cli(
+            "review", "--format", "jsonl", "--limit", "1", "--confident", "1"
+        ).stdout.splitlines()
+    ]
+    assert [q["why"] for q in queue] == ["uncertain", "confident-sample"]
+    assert {q["original_name"] for q in queue} == {"line-006.png", "line-007.png"}
+
+
+def make_dataset(ws: Workspace, folder: Path, count: int, seed: int) -> Path:
+    ws.cli("synth", str(folder), "--count", str(count), "--seed", str(seed))
+    return folder
+
+
+@pytest.mark.train
+def test_retrain_report_and_gate(upgraded: Workspace, tmp_path: Path) -> None:
+    upgraded.write_config(retrain=QUICK)
+    data = make_dataset(upgraded, tmp_path / "data", 160, 31)
+    result = upgraded.cli("retrain", "--data", str(data), timeout=600)
+    assert "NOT PROMOTED" in result.stdout, result.stdout  # two epochs at 64 px cannot beat the bundled model
+    assert "candidate is worse than the active model" in result.stdout
+    runs = list((upgraded.root / "var" / "runs").glob("retrain-*"))
+    assert len(runs) == 1
+    run = runs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["promoted"] is False
+    report = json.loads((run / "holdout-candidate" / "report.json").read_text())
+    metrics = report["metrics"]
+    for key in ("precision", "recall", "f1", "roc_auc", "pr_auc", "confusion_matrix", "threshold"):
+        assert key in metrics
+    assert report["threshold_table"] and report["policy"]["name"] == "best_f1"
+    assert "worst_false_positives" in report and "worst_false_negatives" in report
+    for plot in ("roc.png", "pr.png", "confusion.png", "scores.png"):
+        assert (run / "holdout-candidate" / plot).stat().st_size > 1000
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((run / "tensorboard" / "confusion").rglob("events.out.tfevents.*"))
+    # the candidate is an immutable registry version with its dataset fingerprint, not active
+    version = summary["version"]
+    meta = json.loads((upgraded.models / "versions" / version / "metadata.json").read_text())
+    assert meta["training"]["dataset_fingerprint"] and meta["input_size"] == [64, 64]
+    assert (upgraded.models / "active").read_text().strip() != version
+    # promote by hand, roll back
+    upgraded.cli("promote", version)
+    assert (upgraded.models / "active").read_text().strip() == version
+    assert f"* {version}" in upgraded.cli("models").stdout
+    upgraded.cli("rollback")
+    assert (upgraded.models / "active").read_text().strip() != version
+    # eval on a separate labeled folder
+    other = make_dataset(upgraded, tmp_path / "other", 40, 77)
+    evaluated = upgraded.cli("eval", version, "--data", str(other))
+    assert "ROC-AUC" in evaluated.stdout and "confusion" in evaluated.stdout
+    assert len(list((upgraded.root / "var" / "runs").glob(f"eval-{version}-*/report.json"))) == 1
+
+
+@pytest.mark.train
+def test_pretrained_backbone_from_local_weights(upgraded: Workspace, tmp_path: Path) -> None:
+    """ImageNet weights cannot be downloaded here: a weights file the project makes itself stands in."""
+    from inspectd.train.tf import keras
+
+    k = keras()
+    weights = tmp_path / "mobilenet_v3_small.weights.h5"
+    k.applications.MobileNetV3Small(
+        input_shape=(64, 64, 3), include_top=False, weights=None, include_preprocessing=True
+    ).save_weights(str(weights))
+    upgraded.write_config(
+        retrain={
+            **QUICK,
+            "epochs": 1,
+            "fine_tune_epochs": 1,
+            "fine_tune_layers": 5,
+            "backbone": "mobilenet_v3_small",
+            "weights": {"mobilenet_v3_small": str(weights)},
+        }
+    )
+    data = make_dataset(upgraded, tmp_path / "data", 100, 5)
+    result = upgraded.cli("retrain", "--data", str(data), "--force", timeout=600)
+    assert "PROMOTED" in result.stdout
+    assert f'"weights": "{weights}"' in result.stderr  # backbone.ready log line: the file was loaded
+    assert "fine_tune.start" in result.stderr
+    active = (upgraded.models / "active").read_text().strip()
+    assert active.endswith("mobilenet-v3-small")
+    meta = json.loads((upgraded.models / "versions" / active / "metadata.json").read_text())
+    assert meta["training"]["weights"] == str(weights) and meta["training"]["epochs_run"] == 2
+
+    missing = tmp_path / "missing.weights.h5"
+    upgraded.write_config(
+        retrain={**QUICK, "backbone": "mobilenet_v3_small", "weights": {"mobilenet_v3_small": str(missing)}}
+    )
+    failed = upgraded.cli("retrain", "--data", str(data), check=False, timeout=600)
+    assert failed.returncode == 1 and "no such file" in failed.stderr
+
+
+def test_too_few_labels(upgraded: Workspace, tmp_path: Path) -> None:
+    data = make_dataset(upgraded, tmp_path / "few", 6, 3)
+    result = upgraded.cli("retrain", "--data", str(data), check=False)
+    assert result.returncode == 65
+    assert "labeled" in result.stderr and "min_per_class" in result.stderr
+
+
+def test_live_switch_loses_and_doubles_nothing(daemon: Start, upgraded: Workspace) -> None:
+    proc = daemon()
+    old = (upgraded.models / "active").read_text().strip()
+    new_dir = upgraded.models / "versions" / "switched-2"
+    shutil.copytree(upgraded.models / "versions" / old, new_dir)
+    meta = json.loads((new_dir / "metadata.json").read_text())
+    meta["version"] = "switched-2"
+    (new_dir / "metadata.json").write_text(json.dumps(meta))
+    total = 80
+    stop = threading.Event()
+
+    def feed() -> None:
+        for i in range(total):
+            upgraded.drop(f"live-{i:03d}.png", png_bytes(4000 + i))
+            time.sleep(0.03)
+        stop.set()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    wait_until(lambda: len(upgraded.rows()) >= 10, 30, "the first rows")
+    upgraded.cli("promote", "switched-2")
+    feeder.join()
+    rows = proc.wait_rows(total, timeout=60)
+    wait_until(lambda: not upgraded.waiting(), 20, "incoming empty")
+    assert proc.stop() == 0
+    rows = upgraded.rows()
+    assert len(rows) == total and len({r["content_hash"] for r in rows}) == total
+    versions = [r["model_version"] for r in rows]
+    assert set(versions) == {old, "switched-2"}
+    switch = versions.index("switched-2")
+    assert all(v == old for v in versions[:switch]) and all(v == "switched-2" for v in versions[switch:])
+    assert len(upgraded.archived()) == total
