@@ -73,7 +73,7 @@ def test_three_ways_to_label_and_review(daemon: Start, upgraded: Workspace, tmp_
         "line-006.png": None,
         "line-007.png": None,
     }
-    assert [r["labeled_by"] for r in upgraded.rows()][0] == "ana"
+    assert upgraded.rows()[0]["labeled_by"] == "ana"
     queue = [
         json.loads(line)
         for line in upgraded.cli(
