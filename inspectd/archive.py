@@ -40,18 +40,29 @@ def move(src: Path, dest: Path) -> None:
         if exc.errno != 18:  # EXDEV: another filesystem
             raise
         tmp = dest.with_name(f".{dest.name}.inspectd-tmp")
-        if src.is_dir() and not src.is_symlink():
-            shutil.copytree(src, tmp, symlinks=True)
-        else:
-            shutil.copy2(src, tmp, follow_symlinks=False)
-            if not tmp.is_symlink():
-                with tmp.open("rb") as fh:
-                    os.fsync(fh.fileno())
-        tmp.replace(dest)
+        try:
+            if src.is_dir() and not src.is_symlink():
+                shutil.copytree(src, tmp, symlinks=True)
+            else:
+                shutil.copy2(src, tmp, follow_symlinks=False)
+                if not tmp.is_symlink():
+                    with tmp.open("rb") as fh:
+                        os.fsync(fh.fileno())
+            tmp.replace(dest)
+        except OSError:
+            _remove(tmp)  # a partial copy (disk full): the original is still in incoming
+            raise
         if src.is_dir() and not src.is_symlink():
             shutil.rmtree(src)
         else:
             src.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_reason(dest: Path, reason: str, detail: str) -> None:

@@ -36,6 +36,7 @@ log = logs.get("inspectd.daemon")
 TAKE_TIMEOUT_S = 0.25
 STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
+DB_PING_S = 5.0
 
 
 class StartupError(Exception):
@@ -197,7 +198,7 @@ class Daemon:
     def main_loop(self) -> None:
         cfg = self.config
         next_rescan = time.monotonic() + cfg.watch.rescan_interval_s
-        next_status = next_model_poll = time.monotonic()
+        next_status = next_model_poll = next_ping = time.monotonic()
         while not self.should_exit:
             self._beat()
             now = time.monotonic()
@@ -218,6 +219,9 @@ class Daemon:
             )
             if batch:
                 self._run_batch(batch)
+            elif now >= next_ping:  # idle: keep /readyz truthful about the database
+                self._ping_database()
+                next_ping = now + DB_PING_S
             if now >= next_status:
                 self._report_status()
                 next_status = now + STATUS_EVERY_S
@@ -232,8 +236,23 @@ class Daemon:
             self.readiness.release(r.path for r in batch)
             self._update_queue_gauges()
         self.health.database = True
+        self.metrics.db_up.set(1)
         for outcome in outcomes:
             self._record(outcome)
+
+    def _ping_database(self) -> None:
+        try:
+            self.pipeline.store.ping()
+        except SQLAlchemyError as exc:
+            if self.health.database:
+                log.error("db.unavailable", error=str(exc.__cause__ or exc).splitlines()[0], state="idle")
+            self.health.database = False
+            self.metrics.db_up.set(0)
+            return
+        if not self.health.database:
+            log.info("db.available")
+        self.health.database = True
+        self.metrics.db_up.set(1)
 
     def _record(self, outcome: Outcome) -> None:
         self.metrics.record(outcome)

@@ -271,10 +271,9 @@ class Pipeline:
         dest: Path | None = plan.dest
         try:
             archive.move(item.source.path, plan.dest)
-            if reason and disposition is not Disposition.RECOVERED and isinstance(item, Rejected):
-                archive.write_reason(plan.dest, item.reason, item.detail)
         except FileNotFoundError:
             log.warning("archive.source_gone", file=item.source.path.name, row_id=row_id)
+            dest = None
         except OSError as exc:
             log.error(
                 "archive.failed",
@@ -288,6 +287,11 @@ class Pipeline:
                 self.metrics.dispositions.labels(Disposition.DEFERRED.value).inc()
             else:
                 disposition = Disposition.DEFERRED
+        if dest is not None and isinstance(item, Rejected) and disposition is not Disposition.RECOVERED:
+            try:
+                archive.write_reason(dest, item.reason, item.detail)
+            except OSError as exc:  # the file is quarantined and its row says why; the note is a courtesy
+                log.warning("archive.note_failed", file=item.source.path.name, error=exc.strerror or str(exc))
         scored = plan.scored if disposition is Disposition.RECORDED else None
         return Outcome(
             source=item.source,

@@ -3,8 +3,8 @@
 - close-after-write and rename-into-the-folder events make a file ready at once;
 - a bare ``created`` (a rename in from a sibling folder), a file found by a scan, and every event of the
   polling observer make it a candidate, ready once its size and mtime have not changed for ``settle_s``;
-- a file seen being written (opened/modified) waits for its close; if none comes (a writer that died, a
-  filesystem without close events) it is taken once unchanged for ``stale_s``;
+- a file seen being written (modify events) waits for its close; if none comes (a writer that died) it
+  is taken once unchanged for ``stale_s``;
 - hidden and temporary names (``.name.XXXXXX`` from rsync, ``*.part``, ``*.tmp``, ...) are never taken.
 
 A path is handed out once; it can come back only after ``release`` (the pipeline is done with it), so
@@ -78,7 +78,7 @@ class Readiness:
             self._make_ready(path)
 
     def touched(self, path: Path, writing: bool) -> None:
-        """A create (writing=False) or an open/modify (writing=True): re-check it until it is stable."""
+        """A create (writing=False) or a modify (writing=True): re-check it until it is stable."""
         if not self.accepts(path):
             return
         with self._cond:

@@ -29,6 +29,8 @@ class SynthSpec:
     mark_min: int = 48  # registration-mark diameter range in pixels
     mark_max: int = 110
     distractors: tuple[int, int] = (1, 4)
+    angle_deg: tuple[float, float] = (0.0, 90.0)  # crosshair angle range of the mark
+    background: tuple[float, float] = (70.0, 140.0)  # die base gray level range
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,7 @@ class Sample:
 
 def _texture(rng: np.random.Generator, spec: SynthSpec) -> npt.NDArray[np.float32]:
     h, w = spec.height, spec.width
-    base = rng.uniform(70, 140)
+    base = rng.uniform(*spec.background)
     grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(0.8, 2.0))
     img = base + grain * rng.uniform(4, 10)
     pitch = int(rng.integers(24, 64))
@@ -152,7 +154,8 @@ def generate(rng: np.random.Generator, spec: SynthSpec, present: bool | None = N
     if present:
         d = float(rng.uniform(spec.mark_min, spec.mark_max))
         cx, cy = spot(d)
-        _mark(img, cx, cy, d, float(rng.uniform(0, math.pi / 2)), contrast(), int(rng.integers(2, 5)))
+        angle = math.radians(float(rng.uniform(*spec.angle_deg)))
+        _mark(img, cx, cy, d, angle, contrast(), int(rng.integers(2, 5)))
         box = (round(cx - d / 2), round(cy - d / 2), round(d), round(d))
     # lighting: a linear gradient and vignetting, then sensor noise and sometimes defocus
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

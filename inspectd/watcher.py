@@ -14,7 +14,6 @@ from watchdog.events import (
     FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
-    FileOpenedEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
@@ -47,9 +46,8 @@ class _Handler(FileSystemEventHandler):
     def on_created(self, event: FileCreatedEvent | DirCreatedEvent) -> None:
         self._readiness.touched(_path(event.src_path), writing=False)
 
-    def on_opened(self, event: FileOpenedEvent) -> None:
-        self._readiness.touched(_path(event.src_path), writing=True)
-
+    # No on_opened: an open may be a reader (our own read included, its event arriving late); a writer
+    # shows itself through modify events, and its close completes the file.
     def on_modified(self, event: FileModifiedEvent | DirModifiedEvent) -> None:
         if not event.is_directory:
             self._readiness.touched(_path(event.src_path), writing=self._close_events)

@@ -155,6 +155,7 @@ class DaemonProcess:
 
     def __init__(self, ws: Workspace, env: dict[str, str] | None = None) -> None:
         self.ws = ws
+        self.started = time.monotonic()
         self.log_path = ws.root / f"daemon-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
@@ -260,12 +261,12 @@ def daemon(upgraded: Workspace) -> Iterator[Callable[..., DaemonProcess]]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database on the pg_virtualenv cluster (make test runs pytest inside one)."""
-    if not os.environ.get("PGHOST") and not os.environ.get("PGPORT"):
+    if not os.environ.get("PG_CLUSTER_CONF_ROOT") and not os.environ.get("PGHOST"):
         if os.environ.get("INSPECTD_REQUIRE_POSTGRES"):
             pytest.fail("INSPECTD_REQUIRE_POSTGRES is set but no PostgreSQL is reachable (PG* unset)")
         pytest.skip("no PostgreSQL: run under pg_virtualenv (make test does)")
     name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine("postgresql+psycopg:///postgres", isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(pg_url("postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     yield pg_url(name)
@@ -274,11 +275,21 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+def pg_cluster() -> tuple[str, str, str]:
+    """(version, name, port) of the pg_virtualenv cluster: pg_virtualenv does not always export PGPORT."""
+    listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True)
+    for line in listing.stdout.splitlines():
+        version, name, port = line.split()[:3]
+        if name == "regress":
+            return version, name, port
+    raise AssertionError(f"no pg_virtualenv cluster in:\n{listing.stdout}")
+
+
 def pg_url(database: str) -> str:
     user = os.environ.get("PGUSER", "postgres")
     password = os.environ.get("PGPASSWORD", "")
     host = os.environ.get("PGHOST", "localhost")
-    port = os.environ.get("PGPORT", "5432")
+    port = os.environ.get("PGPORT") or pg_cluster()[2]
     auth = f"{user}:{password}@" if password else f"{user}@"
     if host.startswith("/"):
         return f"postgresql+psycopg://{auth}/{database}?host={host}&port={port}"

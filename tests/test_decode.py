@@ -166,8 +166,23 @@ def test_decode_never_raises_on_damaged_images(tmp_path: Path, seed: int, cut: i
     assert isinstance(out, Decoded | Rejected)
 
 
-def test_preprocess_is_the_only_copy() -> None:
-    """Training and the daemon share one preprocessing function: nobody else calls cv2.resize on inputs."""
+def test_one_preprocessing_function_for_daemon_and_training() -> None:
+    """The daemon's decode stage and every training data path call the same function; nobody defines
+    another one."""
+    import ast
+
     root = Path(__file__).resolve().parent.parent / "inspectd"
-    users = [p for p in root.rglob("*.py") if "cv2.resize" in p.read_text()]
-    assert [p.name for p in users] == ["preprocess.py"]
+    definers, users = [], set()
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and "preprocess" in node.name:
+                definers.append(f"{path.name}:{node.name}")
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "inspectd.preprocess"
+                and any(alias.name == "preprocess" for alias in node.names)
+            ):
+                users.add(str(path.relative_to(root)))
+    assert definers == ["preprocess.py:preprocess"]
+    assert {"decode.py", "train/data.py"} <= users

@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 from inspectd import labels, logs
 from inspectd.config import Config, GateConfig, RetrainConfig
 from inspectd.decode import DecodeLimits
-from inspectd.infer import Inferencer, ModelLoadError
-from inspectd.registry import ModelRegistry
+from inspectd.infer import Inferencer, ModelLoadError, sigmoid
+from inspectd.registry import ModelRegistry, write_meta
 from inspectd.train import augment, report
 from inspectd.train.backbones import build, unfreeze_top
 from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, split
@@ -153,6 +153,49 @@ def _fit(
     return initial_epoch + len(history.history["loss"])
 
 
+@dataclass(frozen=True)
+class Trained:
+    model: Any
+    weights: str  # where the backbone's starting weights came from
+    epochs_run: int
+    calibration: tuple[float, float]
+    threshold: float
+
+
+def train_arrays(
+    rc: RetrainConfig,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int_],
+    xv: npt.NDArray[np.float32],
+    yv: npt.NDArray[np.int_],
+    run_dir: Path,
+) -> Trained:
+    """The training recipe itself: build, fit (two phases for a pretrained backbone), calibrate on the
+    validation set, and choose the operating threshold there by the configured policy."""
+    built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
+    epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
+    if built.base is not None and rc.fine_tune_epochs:
+        trainable = unfreeze_top(built.base, rc.fine_tune_layers)
+        log.info("fine_tune.start", trainable_layers=trainable)
+        epochs_run = _fit(
+            built.model,
+            rc,
+            x,
+            y,
+            xv,
+            yv,
+            run_dir,
+            rc.fine_tune_learning_rate,
+            rc.fine_tune_epochs,
+            epochs_run,
+        )
+    val_logits = np.asarray(built.model.predict(xv, batch_size=128, verbose=0), np.float32).reshape(-1)
+    a, b = platt(yv, val_logits)
+    val_scores = sigmoid(np.float32(a) * val_logits + np.float32(b))
+    threshold = report.choose_threshold(yv, val_scores, rc.threshold_policy, rc.target_recall)
+    return Trained(built.model, built.weights, epochs_run, (a, b), threshold)
+
+
 def retrain(
     cfg: Config, engine: Engine, data: Path | None, force: bool, overrides: dict[str, Any]
 ) -> Outcome:
@@ -178,43 +221,31 @@ def retrain(
         fingerprint=parts.fingerprint()[:16],
     )
 
-    built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
-    epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
-    if built.base is not None and rc.fine_tune_epochs:
-        trainable = unfreeze_top(built.base, rc.fine_tune_layers)
-        log.info("fine_tune.start", trainable_layers=trainable)
-        epochs_run = _fit(
-            built.model,
-            rc,
-            x,
-            y,
-            xv,
-            yv,
-            run_dir,
-            rc.fine_tune_learning_rate,
-            rc.fine_tune_epochs,
-            epochs_run,
-        )
-    built.model.save(run_dir / "model.keras")
-
-    val_logits = np.asarray(built.model.predict(xv, batch_size=128, verbose=0), np.float32).reshape(-1)
-    a, b = platt(yv, val_logits)
-    val_scores = (1 / (1 + np.exp(-(a * val_logits + b)))).astype(np.float32)
-    threshold = report.choose_threshold(yv, val_scores, rc.threshold_policy, rc.target_recall)
-
+    trained = train_arrays(rc, x, y, xv, yv, run_dir)
+    trained.model.save(run_dir / "model.keras")
     training = {
         "backbone": rc.backbone,
-        "weights": built.weights,
+        "weights": trained.weights,
         "input_size": rc.input_size,
-        "epochs_run": epochs_run,
+        "epochs_run": trained.epochs_run,
         "config": json.loads(rc.model_dump_json()),
         "dataset_fingerprint": parts.fingerprint(),
         "split": parts.counts(),
         "seconds": round(time.monotonic() - started, 1),
-        "parameters": int(built.model.count_params()),
+        "parameters": int(trained.model.count_params()),
     }
     candidate_dir = run_dir / "version"
-    meta = export_version(built.model, candidate_dir, version, size, threshold, (a, b), xv[:8], {}, training)
+    meta = export_version(
+        trained.model,
+        candidate_dir,
+        version,
+        size,
+        trained.threshold,
+        trained.calibration,
+        xv[:8],
+        {},
+        training,
+    )
     registry = ModelRegistry(cfg.paths.models)
 
     # the same holdout for both models, each through its own preprocessing size and threshold
@@ -239,9 +270,7 @@ def retrain(
             }
         }
     )
-    (candidate_dir / "metadata.json").write_text(
-        json.dumps(final_meta.model_dump(mode="json"), indent=2) + "\n"
-    )
+    write_meta(candidate_dir, final_meta)
     registry.install(candidate_dir)
     promoted = passed or force
     if promoted:
