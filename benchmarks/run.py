@@ -1,0 +1,328 @@
+"""The inspectd benchmark: python benchmarks/run.py [--images N]   (make bench)
+
+Workload: N generated 1280x1024 8-bit grayscale PNGs, about half with the mark (cached under
+bench-results/cache/). Measured in one run, on the same files:
+
+  ceiling    decode + resize of the files alone, on all cores (a thread per core; OpenCV drops the GIL)
+  naive      the tutorial script: cv2.imread, model.predict on one image, one SQLAlchemy commit per row
+             (on a subset: it is slow; the same architecture as the bundled model, whose weights do not
+             change its cost)
+  inspectd   the real daemon (default config, SQLite, bundled model): a burst of N files dropped at once,
+             files dropped -> rows committed, archive moves included; then a steady rate at half that
+             throughput for latency percentiles (file ready -> row committed, the daemon's own clock);
+             one image alone; start-up to ready; peak and steady RSS
+  runtimes   inference cost per image of the bundled network: LiteRT (what the daemon runs) against a
+             compiled TensorFlow call (tf.function with a fixed input signature), batch of 32
+
+Prints a table with the ratios inspectd/ceiling and inspectd/naive; writes bench-results/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zlib
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import sqlalchemy as sa
+
+from inspectd.infer import Inferencer
+from inspectd.preprocess import preprocess
+from inspectd.registry import bundled_model_dir
+from inspectd.synth import SynthSpec, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = SynthSpec(width=1280, height=1024, mark_min=96, mark_max=220)
+
+
+def _make(args: tuple[int, Path]) -> None:
+    index, path = args
+    sample = generate(np.random.default_rng(10_000 + index), SPEC)
+    cv2.imwrite(str(path), sample.image)
+
+
+def workload(count: int, cache: Path) -> list[Path]:
+    folder = cache / f"png-1280x1024-{count}"
+    files = [folder / f"bench-{i:06d}.png" for i in range(count)]
+    if not all(f.exists() for f in files):
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(_make, [(i, f) for i, f in enumerate(files) if not f.exists()], chunksize=16))
+        print(f"generated {count} images in {time.monotonic() - started:.0f}s (cached in {folder})")
+    return files
+
+
+def ceiling(files: list[Path], size: tuple[int, int]) -> float:
+    def one(path: Path) -> None:
+        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image is not None, path
+        preprocess(image, size)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, files))
+    return len(files) / (time.perf_counter() - started)
+
+
+def naive(files: list[Path], tmp: Path) -> float:
+    """What a user would write from the usual tutorials."""
+    from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+    from inspectd.train.model import small_cnn
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = "results"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+        score: Mapped[float]
+
+    engine = sa.create_engine(f"sqlite:///{tmp / 'naive.db'}")
+    Base.metadata.create_all(engine)
+    model = small_cnn((128, 128))
+    model.predict(np.zeros((1, 128, 128, 1), np.float32), verbose=0)  # warm-up, not timed
+    started = time.perf_counter()
+    for path in files:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert image is not None, path
+        x = cv2.resize(image, (128, 128)).astype(np.float32)[np.newaxis, :, :, np.newaxis] / 255.0
+        score = float(model.predict(x, verbose=0)[0, 0])
+        with Session(engine) as session:
+            session.add(Row(name=path.name, score=score))
+            session.commit()
+    return len(files) / (time.perf_counter() - started)
+
+
+def runtimes(batch: int = 32, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds per image of the bundled network in each runtime, batch of ``batch``."""
+    from inspectd.train.model import small_cnn
+    from inspectd.train.tf import tensorflow
+
+    tf = tensorflow()
+    lite = Inferencer.load(bundled_model_dir(), num_threads=os.cpu_count() or 1)
+    x = np.random.default_rng(0).random((batch, *lite.input_size, 1), dtype=np.float32)
+    out: dict[str, float] = {}
+
+    def timed(fn: Any) -> float:
+        fn()
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples) / batch * 1000
+
+    out["litert"] = timed(lambda: lite.logits(x))
+    model = small_cnn(lite.input_size)
+    compiled = tf.function(
+        lambda t: model(t, training=False),
+        jit_compile=False,
+        input_signature=[tf.TensorSpec((batch, *lite.input_size, 1), tf.float32)],
+    )
+    out["tensorflow_compiled"] = timed(lambda: compiled(x).numpy())
+    return out
+
+
+class Daemon:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        (root / "config.toml").write_text(
+            f'[http]\nlisten = "127.0.0.1:{port}"\n[log]\nformat = "json"\nlevel = "warning"\n'
+        )
+        subprocess.run(
+            [sys.executable, "-m", "inspectd", "--config", str(root / "config.toml"), "db", "upgrade"],
+            check=True,
+            capture_output=True,
+        )
+        self.started = time.monotonic()
+        self.log = (root / "daemon.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inspectd", "--config", str(root / "config.toml"), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        self.engine = sa.create_engine(f"sqlite:///{root / 'var' / 'inspectd.db'}")
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.02)
+        self.startup_s = time.monotonic() - self.started
+
+    def rows(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM results")).scalar() or 0)
+
+    def latencies(self, after_id: int) -> list[float]:
+        with self.engine.connect() as conn:
+            return [
+                float(v)
+                for (v,) in conn.execute(
+                    sa.text("SELECT latency_s FROM results WHERE id > :i"), {"i": after_id}
+                )
+            ]
+
+    def rss_mib(self) -> tuple[float, float]:
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        )
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log.close()
+        self.engine.dispose()
+
+
+def wait_rows(daemon: Daemon, count: int, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while daemon.rows() < count:
+        if time.monotonic() > deadline or daemon.proc.poll() is not None:
+            raise RuntimeError(f"{daemon.rows()} of {count} rows; see {daemon.root / 'daemon.log'}")
+        time.sleep(0.02)
+
+
+def tagged(png: bytes, text: str) -> bytes:
+    """The same image with a tEXt chunk before IEND: distinct bytes (so a distinct row), same pixels."""
+    body = b"inspectd\0" + text.encode()
+    chunk = len(body).to_bytes(4, "big") + b"tEXt" + body + zlib.crc32(b"tEXt" + body).to_bytes(4, "big")
+    return png[:-12] + chunk + png[-12:]
+
+
+def stage(files: list[Path], folder: Path, prefix: str) -> list[tuple[Path, Path]]:
+    """Copies beside incoming (same filesystem), so that dropping them is a rename, as cameras do."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i, src in enumerate(files):
+        staged = folder / f"{prefix}-{i:06d}.png"
+        staged.write_bytes(tagged(src.read_bytes(), f"{prefix}-{i}"))
+        pairs.append((staged, folder.parent / "var" / "incoming" / staged.name))
+    return pairs
+
+
+def run_inspectd(files: list[Path], tmp: Path, port: int, steady_s: float) -> dict[str, Any]:
+    root = tmp / "daemon"
+    root.mkdir()
+    daemon = Daemon(root, port)
+    result: dict[str, Any] = {"startup_s": daemon.startup_s}
+    try:
+        burst = stage(files, root / "staging", "burst")
+        started = time.monotonic()
+        for staged, target in burst:
+            staged.rename(target)
+        wait_rows(daemon, len(burst))
+        while any((root / "var" / "incoming").iterdir()):  # archive moves included
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        result["burst_images_per_s"] = len(burst) / elapsed
+        result["rss_after_burst_mib"], result["peak_rss_mib"] = daemon.rss_mib()
+
+        rate = result["burst_images_per_s"] / 2
+        count = max(20, int(rate * steady_s))
+        steady = stage([files[i % len(files)] for i in range(count)], root / "staging", "steady")
+        first_id = daemon.rows()
+        started = time.monotonic()
+        for i, (staged, target) in enumerate(steady):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            staged.rename(target)
+        wait_rows(daemon, first_id + count)
+        lat = sorted(daemon.latencies(first_id))
+        result["steady_rate_per_s"] = rate
+        result["latency_ms"] = {
+            f"p{q}": 1000 * lat[min(len(lat) - 1, int(q / 100 * len(lat)))] for q in (50, 95, 99)
+        }
+        result["rss_steady_mib"], result["peak_rss_mib"] = daemon.rss_mib()
+
+        time.sleep(1.0)
+        alone = stage(files[:1], root / "staging", "alone")
+        before = daemon.rows()
+        alone[0][0].rename(alone[0][1])
+        wait_rows(daemon, before + 1)
+        result["single_image_latency_ms"] = 1000 * daemon.latencies(before)[0]
+    finally:
+        daemon.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--naive-images", type=int, default=200)
+    parser.add_argument("--steady-seconds", type=float, default=20.0)
+    parser.add_argument("--port", type=int, default=19208)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    args = parser.parse_args()
+    files = workload(args.images, args.out.parent / "cache")
+    size = Inferencer.load(bundled_model_dir()).input_size
+    results: dict[str, Any] = {"images": len(files), "cores": os.cpu_count(), "image": "1280x1024 8-bit PNG"}
+    with tempfile.TemporaryDirectory(prefix="inspectd-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        list(ThreadPoolExecutor(4).map(lambda p: p.read_bytes(), files))  # page cache warm for everyone
+        results["ceiling_images_per_s"] = ceiling(files, size)
+        results["inspectd"] = run_inspectd(files, tmp, args.port, args.steady_seconds)
+        results["naive_images_per_s"] = naive(files[: args.naive_images], tmp)
+        results["runtimes_ms_per_image"] = runtimes()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ours = results["inspectd"]["burst_images_per_s"]
+    fastest = min(results["runtimes_ms_per_image"].values())
+    results["ratios"] = {
+        "inspectd_over_ceiling": ours / results["ceiling_images_per_s"],
+        "inspectd_over_naive": ours / results["naive_images_per_s"],
+        "litert_over_fastest_runtime": results["runtimes_ms_per_image"]["litert"] / fastest,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report(results)
+    print(f"\nresults: {args.out}")
+
+
+def report(r: dict[str, Any]) -> None:
+    d = r["inspectd"]
+    rows = [
+        ("ceiling: decode + resize only, all cores", f"{r['ceiling_images_per_s']:.1f} images/s"),
+        ("naive: imread + predict + commit per image", f"{r['naive_images_per_s']:.1f} images/s"),
+        ("inspectd: burst, dropped -> committed + moved", f"{d['burst_images_per_s']:.1f} images/s"),
+        ("inspectd / ceiling", f"{r['ratios']['inspectd_over_ceiling']:.2f}"),
+        ("inspectd / naive", f"{r['ratios']['inspectd_over_naive']:.1f}x"),
+        (
+            f"latency at {d['steady_rate_per_s']:.0f}/s (half max): p50 / p95 / p99",
+            " / ".join(f"{d['latency_ms'][k]:.0f}" for k in ("p50", "p95", "p99")) + " ms",
+        ),
+        ("a single image alone: ready -> committed", f"{d['single_image_latency_ms']:.0f} ms"),
+        ("start-up to ready", f"{d['startup_s']:.2f} s"),
+        ("RSS steady / peak", f"{d['rss_steady_mib']:.0f} / {d['peak_rss_mib']:.0f} MiB"),
+    ]
+    rows += [(f"inference, {name}", f"{ms:.3f} ms/image") for name, ms in r["runtimes_ms_per_image"].items()]
+    rows.append(("LiteRT / fastest runtime", f"{r['ratios']['litert_over_fastest_runtime']:.2f}"))
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{r['images']} images, {r['image']}, {r['cores']} cores")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
