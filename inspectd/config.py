@@ -101,7 +101,7 @@ class DecodeConfig(_Section):
 
 
 class BatchConfig(_Section):
-    max_size: int = Field(default=32, ge=1, le=1024)
+    max_size: int = Field(default=16, ge=1, le=1024)
     max_wait_ms: float = Field(default=20.0, ge=0)
 
 

@@ -25,9 +25,9 @@ from inspectd.infer import Inferencer, ModelLoadError
 from inspectd.metrics import Metrics
 from inspectd.notify import Notifier
 from inspectd.persist import Store
-from inspectd.pipeline import Aborted, Destinations, Pipeline
+from inspectd.pipeline import Aborted, Destinations, InFlight, Pipeline
 from inspectd.readiness import Readiness
-from inspectd.records import Disposition, Outcome, ReadyFile
+from inspectd.records import Disposition, Outcome
 from inspectd.registry import ModelRegistry, RegistryError
 from inspectd.watcher import start_observer
 
@@ -199,6 +199,7 @@ class Daemon:
         cfg = self.config
         next_rescan = time.monotonic() + cfg.watch.rescan_interval_s
         next_status = next_model_poll = next_ping = time.monotonic()
+        in_flight: InFlight | None = None  # decoding while the batch before it is finished
         while not self.should_exit:
             self._beat()
             now = time.monotonic()
@@ -215,25 +216,32 @@ class Daemon:
                     log.info("rescan.found", files=found)
                 next_rescan = now + cfg.watch.rescan_interval_s
             batch = batcher.collect(
-                self.readiness, cfg.batch.max_size, cfg.batch.max_wait_ms / 1000, TAKE_TIMEOUT_S
+                self.readiness,
+                cfg.batch.max_size,
+                cfg.batch.max_wait_ms / 1000,
+                0.0 if in_flight else TAKE_TIMEOUT_S,
             )
-            if batch:
-                self._run_batch(batch)
-            elif now >= next_ping:  # idle: keep /readyz truthful about the database
+            upcoming = self.pipeline.start(batch) if batch else None
+            if in_flight is not None:
+                self._finish(in_flight)
+            in_flight = upcoming
+            if in_flight is None and now >= next_ping:  # idle: keep /readyz truthful about the database
                 self._ping_database()
                 next_ping = now + DB_PING_S
             if now >= next_status:
                 self._report_status()
                 next_status = now + STATUS_EVERY_S
+        if in_flight is not None:  # drain: the batch already being decoded is finished and committed
+            self._finish(in_flight)
 
-    def _run_batch(self, batch: list[ReadyFile]) -> None:
+    def _finish(self, flight: InFlight) -> None:
         try:
-            outcomes = self.pipeline.process(batch)
+            outcomes = self.pipeline.finish(flight)
         except Aborted:
-            log.warning("batch.abandoned", files=len(batch), reason="database unreachable at shutdown")
+            log.warning("batch.abandoned", files=len(flight.batch), reason="database unreachable at shutdown")
             return
         finally:
-            self.readiness.release(r.path for r in batch)
+            self.readiness.release(r.path for r in flight.batch)
             self._update_queue_gauges()
         self.health.database = True
         self.metrics.db_up.set(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +58,16 @@ class _Planned:
     known: KnownRow | None
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A batch whose files are being decoded in the pool."""
+
+    batch: list[ReadyFile]
+    size: tuple[int, int]
+    futures: list[Future[Decoded | Rejected | Vanished]]
+    started: float
+
+
 class Pipeline:
     def __init__(
         self,
@@ -88,12 +98,23 @@ class Pipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def process(self, batch: list[ReadyFile]) -> list[Outcome]:
-        started = time.perf_counter()
+    def start(self, batch: list[ReadyFile]) -> InFlight:
+        """Decode stage, in the background: the caller finishes the previous batch meanwhile."""
         size = self.inferencer.input_size
-        decoded = list(self._pool.map(lambda ready: self._decode_one(ready, size), batch))
-        self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(batch))
+        futures = [self._pool.submit(self._decode_one, ready, size) for ready in batch]
+        return InFlight(batch, size, futures, time.perf_counter())
+
+    def process(self, batch: list[ReadyFile]) -> list[Outcome]:
+        return self.finish(self.start(batch))
+
+    def finish(self, flight: InFlight) -> list[Outcome]:
+        """Wait for a batch's decoding, then infer, persist and archive it."""
+        decoded = [f.result() for f in flight.futures]
+        if flight.size != self.inferencer.input_size:  # the model changed input size meanwhile
+            flight = self.start(flight.batch)
+            decoded = [f.result() for f in flight.futures]
+        self.metrics.stage.labels("decode").observe(time.perf_counter() - flight.started)
+        self.metrics.batch_size.observe(len(flight.batch))
 
         items = [d for d in decoded if not isinstance(d, Vanished)]
         known = self._with_retry(lambda: self.store.known(i.sha256 for i in items))

@@ -56,10 +56,27 @@ class _Handler(FileSystemEventHandler):
         self._readiness.gone(_path(event.src_path))
 
 
+# The events handled above, and only those: watchdog narrows the inotify mask to them, so reads of the
+# files (ours included) raise no IN_OPEN / IN_CLOSE_NOWRITE events to read and dispatch.
+HANDLED = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+]
+
+
 def start_observer(readiness: Readiness, kind: str, poll_interval_s: float) -> BaseObserver:
     observer: BaseObserver = PollingObserver(timeout=poll_interval_s) if kind == "polling" else Observer()
     observer.schedule(
-        _Handler(readiness, close_events=kind != "polling"), str(readiness.folder), recursive=False
+        _Handler(readiness, close_events=kind != "polling"),
+        str(readiness.folder),
+        recursive=False,
+        event_filter=HANDLED,
     )
     observer.daemon = True
     observer.start()
