@@ -7,7 +7,6 @@ daemon never saw (dropped into ``<labels>/present/`` or ``<labels>/absent/``, or
 from __future__ import annotations
 
 import csv
-import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from inspectd.db import Example, Result
+from inspectd.registry import file_sha256
 
 LABELS = ("present", "absent")
 
@@ -43,14 +43,6 @@ class SyncReport:
     relabeled: int = 0  # moved from one label folder to the other
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check(label: str) -> str:

@@ -12,9 +12,10 @@ import numpy as np
 from inspectd.registry import ModelMeta
 from inspectd.synth import SynthSpec
 from inspectd.train.data import synthetic_arrays
-from inspectd.train.evaluate import best_f1_threshold, binary_metrics, platt
+from inspectd.train.evaluate import binary_metrics, platt
 from inspectd.train.export import export_version
 from inspectd.train.model import small_cnn
+from inspectd.train.report import choose_threshold
 from inspectd.train.tf import keras, tensorflow
 
 
@@ -60,7 +61,7 @@ def build(out: Path, version: str, recipe: Recipe, log: Any = print) -> ModelMet
     val_logits = np.asarray(model.predict(x_val, batch_size=256, verbose=0), np.float32).reshape(-1)
     a, b = platt(y_val, val_logits)
     val_scores = 1 / (1 + np.exp(-(a * val_logits + b)))
-    threshold = best_f1_threshold(y_val, val_scores.astype(np.float32))
+    threshold = choose_threshold(y_val, val_scores.astype(np.float32), "best_f1", 1.0)
     hold_logits = np.asarray(model.predict(x_hold, batch_size=256, verbose=0), np.float32).reshape(-1)
     hold_scores = (1 / (1 + np.exp(-(a * hold_logits + b)))).astype(np.float32)
     metrics = {"holdout": binary_metrics(y_hold, hold_scores, threshold)}

@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from inspectd.decode import DecodeLimits, decode
-from inspectd.labels import LABELS, Labeled, file_sha256
+from inspectd.labels import LABELS, Labeled
 from inspectd.records import Decoded, ReadyFile
+from inspectd.registry import file_sha256
 
 
 class NotEnoughLabels(Exception):

@@ -8,14 +8,6 @@ import numpy as np
 import numpy.typing as npt
 
 
-def best_f1_threshold(labels: npt.NDArray[np.int_], scores: npt.NDArray[np.float32]) -> float:
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    return float(thresholds[int(np.argmax(f1))])
-
-
 def binary_metrics(
     labels: npt.NDArray[np.int_], scores: npt.NDArray[np.float32], threshold: float
 ) -> dict[str, Any]:
