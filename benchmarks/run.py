@@ -267,6 +267,35 @@ def run_inspectd(files: list[Path], tmp: Path, port: int, steady_s: float) -> di
     return result
 
 
+def soak(files: list[Path], tmp: Path, port: int, total: int) -> dict[str, Any]:
+    """``total`` images in bursts of ``len(files)``; RSS after each; the archive is emptied between bursts
+    (by the benchmark, not the daemon) so that the disk holds two bursts at most."""
+    root = tmp / "soak"
+    root.mkdir()
+    daemon = Daemon(root, port)
+    samples: list[float] = []
+    done = 0
+    try:
+        while done < total:
+            chunk = files[: min(len(files), total - done)]
+            for staged, target in stage(chunk, root / "staging", f"soak{done}"):
+                staged.rename(target)
+            done += len(chunk)
+            wait_rows(daemon, done)
+            while any((root / "var" / "incoming").iterdir()):
+                time.sleep(0.01)
+            samples.append(daemon.rss_mib()[0])
+            shutil.rmtree(root / "var" / "processed", ignore_errors=True)
+            print(f"soak: {done} images, RSS {samples[-1]:.0f} MiB", flush=True)
+    finally:
+        daemon.stop()
+    return {
+        "images": done,
+        "rss_mib": samples,
+        "growth_after_first_burst": (samples[-1] - samples[0]) / samples[0] if samples else 0.0,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -275,6 +304,9 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=200)
     parser.add_argument("--steady-seconds", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=19208)
+    parser.add_argument(
+        "--soak", type=int, default=0, help="also feed this many images, RSS after each burst"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     args = parser.parse_args()
     files = workload(args.images, args.out.parent / "cache")
@@ -293,6 +325,8 @@ def main() -> None:
         results["naive_images_per_s"] = naive(files[: args.naive_images], tmp)
         print(f"naive: {results['naive_images_per_s']:.1f} images/s", flush=True)
         results["runtimes_ms_per_image"] = runtimes()
+        if args.soak:
+            results["soak"] = soak(files, tmp, args.port + 1, args.soak)
         shutil.rmtree(tmp, ignore_errors=True)
     ours = results["inspectd"]["burst_images_per_s"]
     fastest = min(results["runtimes_ms_per_image"].values())
@@ -324,6 +358,15 @@ def report(r: dict[str, Any]) -> None:
         ("RSS steady / peak", f"{d['rss_steady_mib']:.0f} / {d['peak_rss_mib']:.0f} MiB"),
     ]
     rows += [(f"inference, {name}", f"{ms:.3f} ms/image") for name, ms in r["runtimes_ms_per_image"].items()]
+    if "soak" in r:
+        s = r["soak"]
+        rows.append(
+            (
+                f"soak: RSS over {s['images']} images",
+                f"{s['rss_mib'][0]:.0f} -> {s['rss_mib'][-1]:.0f} MiB "
+                f"({100 * s['growth_after_first_burst']:+.1f}% after the first burst)",
+            )
+        )
     rows.append(("LiteRT / fastest runtime", f"{r['ratios']['litert_over_fastest_runtime']:.2f}"))
     width = max(len(k) for k, _ in rows)
     print(f"\n{r['images']} images, {r['image']}, {r['cores']} cores")

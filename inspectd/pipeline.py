@@ -104,9 +104,6 @@ class Pipeline:
         futures = [self._pool.submit(self._decode_one, ready, size) for ready in batch]
         return InFlight(batch, size, futures, time.perf_counter())
 
-    def process(self, batch: list[ReadyFile]) -> list[Outcome]:
-        return self.finish(self.start(batch))
-
     def finish(self, flight: InFlight) -> list[Outcome]:
         """Wait for a batch's decoding, then infer, persist and archive it."""
         decoded = [f.result() for f in flight.futures]

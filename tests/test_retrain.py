@@ -206,3 +206,42 @@ def test_live_switch_loses_and_doubles_nothing(daemon: Start, upgraded: Workspac
     switch = versions.index("switched-2")
     assert all(v == old for v in versions[:switch]) and all(v == "switched-2" for v in versions[switch:])
     assert len(upgraded.archived()) == total
+
+
+@pytest.mark.train
+def test_training_with_every_augmentation_off_and_on(tmp_path: Path) -> None:
+    """Both extremes of [retrain.augment] build and train (an empty pipeline once crashed retrain)."""
+    import numpy as np
+
+    from inspectd.config import AugmentConfig, RetrainConfig
+    from inspectd.train.retrain import train_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 32, 32, 1), dtype=np.float32)
+    y = np.array([0, 1] * 12)
+    off = AugmentConfig(
+        rotation_deg=0,
+        scale=0,
+        shear_deg=0,
+        translate=0,
+        brightness=0,
+        contrast=0,
+        blur_sigma=0,
+        noise_std=0,
+        flip=False,
+    )
+    on = AugmentConfig(
+        rotation_deg=90,
+        scale=0.1,
+        shear_deg=5,
+        translate=0.1,
+        brightness=0.1,
+        contrast=0.1,
+        blur_sigma=1.0,
+        noise_std=0.02,
+        flip=True,
+    )
+    for augment in (off, on):
+        rc = RetrainConfig(input_size=32, epochs=1, batch_size=8, augment=augment)
+        trained = train_arrays(rc, x, y, x, y, tmp_path / str(id(augment)))
+        assert trained.epochs_run == 1 and 0 <= trained.threshold <= 1

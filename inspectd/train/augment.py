@@ -8,7 +8,8 @@ from inspectd.config import AugmentConfig
 from inspectd.train.tf import keras
 
 
-def pipeline(cfg: AugmentConfig, seed: int) -> Any:
+def pipeline(cfg: AugmentConfig, seed: int) -> Any | None:
+    """The random transforms as one Keras model, or None when every transform is disabled."""
     k = keras()
     layers = k.layers
     steps: list[Any] = []
@@ -35,4 +36,4 @@ def pipeline(cfg: AugmentConfig, seed: int) -> Any:
         )
     if cfg.noise_std:
         steps.append(layers.GaussianNoise(cfg.noise_std, seed=seed + 8))
-    return k.Sequential(steps, name="augment")
+    return k.Sequential(steps, name="augment") if steps else None

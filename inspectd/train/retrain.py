@@ -117,9 +117,10 @@ def _fit(
         tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
         .shuffle(len(x), seed=rc.seed, reshuffle_each_iteration=True)
         .batch(rc.batch_size)
-        .map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(2)
     )
+    if aug is not None:
+        train = train.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.prefetch(2)
     n, positives = len(y), int(y.sum())
     class_weight = {0: n / (2 * (n - positives)), 1: n / (2 * positives)}
     model.compile(
