@@ -148,6 +148,7 @@ def _fit(
         epochs=initial_epoch + epochs,
         initial_epoch=initial_epoch,
         class_weight=class_weight,
+        shuffle=False,  # the dataset shuffles itself each epoch
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
