@@ -248,8 +248,7 @@ class Daemon:
         finally:
             self.readiness.release(r.path for r in flight.batch)
             self._update_queue_gauges()
-        self.health.database = True
-        self.metrics.db_up.set(1)
+        self.health.database = True  # the pipeline has already set inspectd_db_up
         for outcome in outcomes:
             self._record(outcome)
 

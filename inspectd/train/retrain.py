@@ -252,15 +252,14 @@ def retrain(
 
     # the same holdout for both models, each through its own preprocessing size and threshold
     candidate = Inferencer.load(candidate_dir)
-    cand_report, _ = _evaluate(candidate, parts, limits, rc, run_dir / "holdout-candidate")
-    active_version: str | None = registry.ensure_active()  # a fresh install compares with the bundled model
+    cand_report = _evaluate_items(candidate, parts.holdout, limits, rc, run_dir / "holdout-candidate")
+    active_version = registry.ensure_active()  # a fresh install compares with the bundled model
     act_report: dict[str, Any] | None = None
-    if active_version is not None:
-        try:
-            active = Inferencer.load(registry.version_dir(active_version))
-            act_report, _ = _evaluate(active, parts, limits, rc, run_dir / "holdout-active")
-        except ModelLoadError as exc:
-            log.warning("active_model.unusable", version=active_version, error=str(exc))
+    try:
+        active = Inferencer.load(registry.version_dir(active_version))
+        act_report = _evaluate_items(active, parts.holdout, limits, rc, run_dir / "holdout-active")
+    except ModelLoadError as exc:
+        log.warning("active_model.unusable", version=active_version, error=str(exc))
     passed, decision = gate(cand_report, act_report, rc.gate)
 
     final_meta = meta.model_copy(
@@ -298,12 +297,6 @@ def retrain(
     return Outcome(version, run_dir, promoted, decision, cand_report, act_report)
 
 
-def _evaluate(
-    inferencer: Inferencer, parts: Split, limits: DecodeLimits, rc: RetrainConfig, out: Path
-) -> tuple[dict[str, Any], Path]:
-    return _evaluate_items(inferencer, parts.holdout, limits, rc, out)
-
-
 def evaluate_version(
     cfg: Config, engine: Engine, version: str | None, data: Path | None
 ) -> tuple[dict[str, Any], Path]:
@@ -327,19 +320,24 @@ def evaluate_version(
         raise NotEnoughLabels(f"{where}: need labeled images of both classes to evaluate")
     limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
     out = cfg.paths.runs / f"eval-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    result, _ = _evaluate_items(inferencer, items, limits, rc, out)
-    result["data"] = where
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result, out
+    return _evaluate_items(inferencer, items, limits, rc, out, data=where), out
 
 
 def _evaluate_items(
-    inferencer: Inferencer, items: list[labels.Labeled], limits: DecodeLimits, rc: RetrainConfig, out: Path
-) -> tuple[dict[str, Any], Path]:
+    inferencer: Inferencer,
+    items: list[labels.Labeled],
+    limits: DecodeLimits,
+    rc: RetrainConfig,
+    out: Path,
+    data: str | None = None,
+) -> dict[str, Any]:
+    """Score ``items`` with ``inferencer`` and write the report and plots to ``out``."""
     x, y, kept = load(items, inferencer.input_size, limits)
     scores = report.score(inferencer, x)
     result = report.build_report(
         inferencer.version, inferencer.meta.threshold, y, scores, kept, rc.threshold_policy, rc.target_recall
     )
+    if data is not None:
+        result["data"] = data
     report.write(out, result, y, scores)
-    return result, out
+    return result
