@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inspectd.config import RetrainConfig
+from inspectd.config import AugmentConfig, RetrainConfig
 from inspectd.infer import sigmoid
 from inspectd.synth import SynthSpec
 from inspectd.train.data import synthetic_arrays
@@ -72,12 +72,22 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=RetrainConfig().epochs)
     parser.add_argument("--seed-epochs", type=int, default=10)
+    parser.add_argument("--input-size", type=int, default=RetrainConfig().input_size)
+    parser.add_argument(
+        "--augment",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one [retrain.augment] key for the inspectd recipe, e.g. rotation_deg=45",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/retrain_recipes.json"))
     args = parser.parse_args()
     tensorflow(threads=0)
     keras().utils.set_random_seed(11)
 
-    size = RetrainConfig().input_size
+    size = args.input_size
+    overrides = dict(item.split("=", 1) for item in args.augment)
+    augment = AugmentConfig.model_validate({**RetrainConfig().augment.model_dump(), **overrides})
     x, y = synthetic_arrays(args.train, 101, TRAIN, (size, size))
     xv, yv = synthetic_arrays(args.validation, 102, TRAIN, (size, size))
     xt, yt = synthetic_arrays(args.test, 103, SHIFTED, (size, size))
@@ -88,7 +98,7 @@ def main() -> None:
     seed_scores = np.asarray(baseline.predict(resize(xt, 64), verbose=0), np.float32).reshape(-1)
     seed_metrics = binary_metrics(yt, seed_scores, 0.5)
 
-    rc = RetrainConfig(epochs=args.epochs)
+    rc = RetrainConfig(epochs=args.epochs, input_size=size, augment=augment)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
         trained = train_arrays(rc, x, y, xv, yv, Path(tmp))
@@ -103,6 +113,8 @@ def main() -> None:
         "test_images": args.test,
         "train_spec": TRAIN.__repr__(),
         "test_spec": SHIFTED.__repr__(),
+        "input_size": size,
+        "augment": augment.model_dump(),
         "seed_style": {
             "metrics": seed_metrics,
             "epochs": args.seed_epochs,

@@ -267,11 +267,13 @@ def synth(
 @cli.command()
 @click.pass_obj
 def models(obj: _Obj) -> None:
-    """List model versions in the registry; * marks the active one."""
+    """List model versions in the registry; * marks the one this station runs."""
+    from inspectd import activations
     from inspectd.registry import ModelRegistry
 
-    registry = ModelRegistry(obj.config().paths.models)
-    active = registry.active_version()
+    cfg = obj.config()
+    registry = ModelRegistry(cfg.paths.models)
+    wanted = activations.wanted(cfg.model, _engine(obj), cfg.station.name, registry)
     for meta in registry.list_versions():
         holdout = meta.metrics.get("holdout", {})
         summary = " ".join(
@@ -279,11 +281,12 @@ def models(obj: _Obj) -> None:
             for k in ("precision", "recall", "f1", "roc_auc")
             if isinstance(holdout.get(k), float)
         )
-        mark = "*" if meta.version == active else " "
+        mark = "*" if meta.version == wanted.version else " "
         click.echo(
             f"{mark} {meta.version}  {meta.created_at:%Y-%m-%d %H:%M}  input={meta.input_size[0]}x"
             f"{meta.input_size[1]}  threshold={meta.threshold:.3f}  {summary}"
         )
+    click.echo(f"(* = {wanted.version}, from the {wanted.source})")
 
 
 EX_DATAERR = 65  # sysexits.h: the input data (labels) cannot be used
@@ -458,31 +461,44 @@ def eval_command(obj: _Obj, version: str | None, data: Path | None) -> None:
 
 @cli.command()
 @click.argument("version")
+@click.option("--station", help="promote for this station only (default: every station)")
 @click.pass_obj
-def promote(obj: _Obj, version: str) -> None:
-    """Make VERSION the active model (running daemons switch within seconds)."""
+def promote(obj: _Obj, version: str, station: str | None) -> None:
+    """Make VERSION the active model (running daemons switch within seconds).
+
+    Recorded in the database, so every station that follows it (``[model] follow_database``) switches;
+    with --station only that station does.
+    """
+    from inspectd import activations
     from inspectd.infer import Inferencer, ModelLoadError
     from inspectd.registry import ModelRegistry, RegistryError
 
-    registry = ModelRegistry(obj.config().paths.models)
+    cfg = obj.config()
+    registry = ModelRegistry(cfg.paths.models)
     try:
         Inferencer.load(registry.version_dir(version))  # refuse what the daemon would refuse
-        registry.activate(version, reason="promote")
     except (ModelLoadError, RegistryError) as exc:
         raise click.ClickException(f"not promoted: {exc}") from None
-    click.echo(f"active model: {version}")
+    engine = _engine(obj)
+    if station is None or station == cfg.station.name:
+        registry.activate(version, reason="promote")
+    activations.record(engine, version, station, "promote")
+    click.echo(f"active model: {version} ({f'station {station}' if station else 'every station'})")
 
 
 @cli.command()
 @click.pass_obj
 def rollback(obj: _Obj) -> None:
-    """Re-activate the model that was active before the current one."""
+    """Re-activate the model that was active before the current one (on every station)."""
+    from inspectd import activations
     from inspectd.registry import ModelRegistry, RegistryError
 
+    engine = _engine(obj)
     try:
         meta = ModelRegistry(obj.config().paths.models).rollback()
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
+    activations.record(engine, meta.version, None, "rollback")
     click.echo(f"active model: {meta.version}")
 
 

@@ -108,6 +108,17 @@ class BatchConfig(_Section):
 class ModelConfig(_Section):
     threshold: float | None = Field(default=None, ge=0, le=1)  # None: the model version's own threshold
     num_threads: int = Field(default=0, ge=0)  # 0: one per CPU core
+    # Which version to run: ``pin`` (this station only) wins; else the latest promotion recorded in the
+    # database for this station or for all (when follow_database); else the registry's own pointer.
+    pin: str | None = Field(default=None, min_length=1, max_length=64)
+    follow_database: bool = True
+
+
+class ClusterConfig(_Section):
+    """Several daemons on one incoming folder (one PostgreSQL): each file is claimed by exactly one."""
+
+    shared_incoming: bool = False
+    lease_s: float = Field(default=60.0, ge=1.0)  # a crashed worker's claims are taken over after this
 
 
 class AugmentConfig(_Section):
@@ -189,6 +200,7 @@ class Config(BaseSettings):
     decode: DecodeConfig = DecodeConfig()
     batch: BatchConfig = BatchConfig()
     model: ModelConfig = ModelConfig()
+    cluster: ClusterConfig = ClusterConfig()
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     systemd: SystemdConfig = SystemdConfig()

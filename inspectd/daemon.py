@@ -18,7 +18,8 @@ from types import FrameType
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from inspectd import __version__, batcher, db, logs
+from inspectd import __version__, activations, batcher, db, logs
+from inspectd.claims import ClaimBook
 from inspectd.config import EX_CONFIG, Config
 from inspectd.decode import DecodeLimits, install_pixel_limit
 from inspectd.httpserver import HttpServer
@@ -26,7 +27,7 @@ from inspectd.infer import Inferencer, ModelLoadError
 from inspectd.metrics import Metrics
 from inspectd.notify import Notifier
 from inspectd.persist import Store
-from inspectd.pipeline import Aborted, Destinations, InFlight, Pipeline
+from inspectd.pipeline import CLAIM_UNAVAILABLE, Aborted, Destinations, InFlight, Pipeline
 from inspectd.readiness import Readiness
 from inspectd.records import Disposition, Outcome
 from inspectd.registry import ModelRegistry, RegistryError
@@ -38,6 +39,7 @@ TAKE_TIMEOUT_S = 0.25
 STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
 DB_PING_S = 5.0
+PURGE_CLAIMS_S = 300.0
 
 
 class StartupError(Exception):
@@ -72,6 +74,7 @@ class Daemon:
         self._last_beat = time.monotonic()
         self._stop_pings = threading.Event()
         self._processed = 0
+        self._model_pointer: str | None = None  # the version last loaded or refused
 
     # --- signals: flags only -------------------------------------------------------------------------
 
@@ -120,8 +123,12 @@ class Daemon:
             cfg.paths.incoming, cfg.watch.extensions, cfg.watch.ignore, cfg.watch.settle_s, cfg.watch.stale_s
         )
         workers = cfg.decode.workers or (os.cpu_count() or 1)
+        claims = None
+        if cfg.cluster.shared_incoming:
+            claims = ClaimBook(self.engine, cfg.station.name, cfg.cluster.lease_s)
+            self._purge_stale_claims(claims)
         self.pipeline = Pipeline(
-            Store(self.engine),
+            Store(self.engine, claims),
             inferencer,
             DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes),
             Destinations(cfg.paths.processed, cfg.paths.quarantine),
@@ -178,14 +185,36 @@ class Daemon:
             time.sleep(delay)
             delay = min(delay * 2, self.config.database.retry_max_s)
 
+    def _purge_stale_claims(self, claims: ClaimBook) -> None:
+        try:
+            purged = claims.purge_stale()
+        except SQLAlchemyError as exc:
+            log.warning("claims.purge_failed", error=str(exc.__cause__ or exc).splitlines()[0])
+            return
+        if purged:
+            log.info("claims.purged", claims=purged)
+
+    def _wanted_version(self) -> activations.Wanted:
+        """Raises SQLAlchemyError when the database holds the answer and cannot be asked."""
+        cfg = self.config
+        return activations.wanted(cfg.model, self.engine, cfg.station.name, self.registry)
+
     def _load_active_model(self) -> Inferencer:
         try:
-            version = self.registry.ensure_active()
-            inferencer = Inferencer.load(self.registry.version_dir(version), self.config.model.num_threads)
+            self.registry.ensure_active()
+            wanted = self._wanted_version()
+            if wanted.version is None:
+                raise RegistryError("no active version in the registry")
+            inferencer = Inferencer.load(
+                self.registry.version_dir(wanted.version), self.config.model.num_threads
+            )
+        except SQLAlchemyError as exc:
+            raise StartupError(f"cannot read the model promotions: {exc}", EX_CONFIG) from None
         except (ModelLoadError, RegistryError, OSError) as exc:
             self.metrics.model_failures.inc()
             raise StartupError(f"the active model cannot be used: {exc}", EX_CONFIG) from None
-        self._model_pointer = self._pointer_stamp()
+        self._model_pointer = wanted.version
+        log.info("model.selected", version=wanted.version, source=wanted.source)
         self._set_model(inferencer)
         return inferencer
 
@@ -203,16 +232,15 @@ class Daemon:
     def main_loop(self) -> None:
         cfg = self.config
         next_rescan = time.monotonic() + cfg.watch.rescan_interval_s
+        next_purge = time.monotonic() + PURGE_CLAIMS_S
         next_status = next_model_poll = next_ping = time.monotonic()
         in_flight: InFlight | None = None  # decoding while the batch before it is finished
         while not self.should_exit:
             self._beat()
             now = time.monotonic()
-            if self.reload_requested or (
-                now >= next_model_poll and self._pointer_stamp() != self._model_pointer
-            ):
+            if self.reload_requested or now >= next_model_poll:
+                self._poll_model(forced=self.reload_requested)
                 self.reload_requested = False
-                self.reload_model()
                 next_model_poll = now + MODEL_POLL_S
             if now >= next_rescan:
                 found = self.readiness.scan()
@@ -220,6 +248,10 @@ class Daemon:
                 if found:
                     log.info("rescan.found", files=found)
                 next_rescan = now + cfg.watch.rescan_interval_s
+            claims = self.pipeline.store.claims
+            if claims is not None and now >= next_purge:
+                self._purge_stale_claims(claims)
+                next_purge = now + PURGE_CLAIMS_S
             batch = batcher.collect(
                 self.readiness,
                 cfg.batch.max_size,
@@ -251,6 +283,13 @@ class Daemon:
         self.health.database = True  # the pipeline has already set inspectd_db_up
         for outcome in outcomes:
             self._record(outcome)
+        held = [
+            o.source.path
+            for o in outcomes
+            if o.disposition is Disposition.ELSEWHERE and o.reason != CLAIM_UNAVAILABLE
+        ]
+        if held:  # offered again by a rescan once the holder's lease could have run out
+            self.readiness.rest(held, self.config.cluster.lease_s)
 
     def _ping_database(self) -> None:
         try:
@@ -289,9 +328,17 @@ class Daemon:
         else:
             log.info("image.handled", **fields)
 
-    def reload_model(self) -> None:
-        stamp = self._pointer_stamp()
-        version = self.registry.active_version()
+    def _poll_model(self, forced: bool) -> None:
+        try:
+            wanted = self._wanted_version()
+        except SQLAlchemyError as exc:
+            log.warning("model.poll_failed", error=str(exc.__cause__ or exc).splitlines()[0])
+            return
+        if forced or wanted.version != self._model_pointer:
+            self.reload_model(wanted)
+
+    def reload_model(self, wanted: activations.Wanted) -> None:
+        version = wanted.version
         try:
             if version is None:
                 raise RegistryError("no active version in the registry")
@@ -305,13 +352,13 @@ class Daemon:
                 error=str(exc),
                 keeping=self.pipeline.inferencer.version,
             )
-            self._model_pointer = stamp
+            self._model_pointer = version
             return
         previous = self.pipeline.inferencer.version
         self.pipeline.inferencer = inferencer
-        self._model_pointer = stamp
+        self._model_pointer = version
         self._set_model(inferencer)
-        log.info("model.reloaded", version=inferencer.version, previous=previous)
+        log.info("model.reloaded", version=inferencer.version, previous=previous, source=wanted.source)
 
     def shutdown(self) -> None:
         self.notifier.stopping("stopping: finishing the batch in flight")
@@ -366,9 +413,6 @@ class Daemon:
                     log.error("pipeline.stalled", seconds=round(time.monotonic() - self._last_beat, 1))
 
         threading.Thread(target=ping, name="sd-watchdog", daemon=True).start()
-
-    def _pointer_stamp(self) -> str | None:
-        return self.registry.active_version()
 
     def _update_queue_gauges(self) -> None:
         pending, claimed = self.readiness.backlog()

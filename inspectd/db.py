@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Engine,
@@ -99,6 +100,37 @@ class Example(Base):
         CheckConstraint("label IN ('present', 'absent')", name="label"),
         CheckConstraint("source IN ('folder', 'import')", name="source"),
     )
+
+
+class Claim(Base):
+    """Work in progress on a shared incoming folder: the worker that holds an image, until its lease ends.
+
+    A row lives from the claim until the image's result is committed (deleted in the same transaction);
+    a crashed worker's rows stay until ``lease_until`` passes, and then another worker takes them over.
+    """
+
+    __tablename__ = "claims"
+
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(160))
+    station: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch, the database's clock
+    lease_until: Mapped[float] = mapped_column(Float, index=True)
+    taken_over: Mapped[bool] = mapped_column(Boolean)  # the last claim took it from another worker
+
+
+class Activation(Base):
+    """A model promotion: every station (``station`` NULL) or one station switches to ``version``."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64))
+    station: Mapped[str | None] = mapped_column(String(64), index=True)
+    activated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    activated_by: Mapped[str] = mapped_column(String(160))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 def _sqlite_pragmas(busy_timeout_s: float) -> Any:

@@ -1,4 +1,8 @@
-"""Decode stage: read a ready file once, hash its bytes, decode and preprocess it, or say why not."""
+"""Decode stage: read a ready file once, hash its bytes, decode and preprocess it, or say why not.
+
+Two steps, so that a shared incoming folder can claim a file by its hash between them (claims.py):
+``load`` reads and hashes, ``decode_loaded`` decodes; ``decode`` does both.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import cv2
 import numpy as np
 
 from inspectd.preprocess import UnsupportedImage, preprocess
-from inspectd.records import Decoded, ReadyFile, Rejected, Vanished
+from inspectd.records import Decoded, Loaded, ReadyFile, Rejected, Vanished
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
@@ -36,6 +40,12 @@ def identity_hash(kind: str, name: str, st: os.stat_result) -> str:
 
 
 def decode(ready: ReadyFile, limits: DecodeLimits, size: tuple[int, int]) -> Decoded | Rejected | Vanished:
+    loaded = load(ready, limits)
+    return decode_loaded(loaded, limits, size) if isinstance(loaded, Loaded) else loaded
+
+
+def load(ready: ReadyFile, limits: DecodeLimits) -> Loaded | Rejected | Vanished:
+    """Read the file's bytes once (no links, nothing over the size limit) and hash them."""
     path = ready.path
     try:
         st = path.lstat()
@@ -84,9 +94,14 @@ def decode(ready: ReadyFile, limits: DecodeLimits, size: tuple[int, int]) -> Dec
             f"cannot read: {exc.strerror}",
         )
     digest = hashlib.sha256(content).hexdigest()
-    size_bytes = len(content)
-    if size_bytes == 0:
+    if not content:
         return Rejected(ready, digest, 0, "empty_file", "the file is empty")
+    return Loaded(ready, digest, content)
+
+
+def decode_loaded(loaded: Loaded, limits: DecodeLimits, size: tuple[int, int]) -> Decoded | Rejected:
+    ready, digest, content = loaded.source, loaded.sha256, loaded.content
+    size_bytes = len(content)
     try:
         image = cv2.imdecode(np.frombuffer(content, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:

@@ -1,12 +1,19 @@
 """Metrics stage: Prometheus series, on a registry of their own, named to the Prometheus conventions
-(``inspectd_`` prefix, base units, ``_total`` on counters only, histograms for durations)."""
+(``inspectd_`` prefix, base units, ``_total`` on counters only, histograms for durations).
+
+Every series carries ``station="<[station] name>"``, so that stations sharing one Prometheus and one
+dashboard can be told apart (and summed) whatever the scrape configuration says."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
+from inspectd import __version__
 from inspectd.records import Disposition, Outcome
 
 disable_created_metrics()  # type: ignore[no-untyped-call] # the *_created series only add cardinality for dashboards
@@ -17,10 +24,29 @@ SCORE_BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 20)), 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class _WithStation(Collector):
+    """The series of ``inner``, each with the station label added."""
+
+    def __init__(self, inner: CollectorRegistry, station: str) -> None:
+        self.inner = inner
+        self.station = station
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.inner.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={"station": self.station, **sample.labels})
+                for sample in family.samples
+            ]
+            yield labelled
+
+
 class Metrics:
     def __init__(self, station: str) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        self.info = Info("inspectd_build", "inspectd version and station", registry=r)
+        r = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # what /metrics serves: r's series, labelled with the station
+        self.registry.register(_WithStation(r, station))
+        self.info = Info("inspectd_build", "inspectd version", registry=r)
         self.model = Info("inspectd_model", "the active model version", registry=r)
         self.processed = Counter(
             "inspectd_images_processed",
@@ -80,7 +106,13 @@ class Metrics:
         self.model_ok = Gauge(
             "inspectd_model_load_ok", "0 after the last model (re)load was refused", registry=r
         )
-        self.info.info({"station": station})
+        self.claims = Counter(
+            "inspectd_claims",
+            "shared incoming folder: claim attempts, by result (claimed, taken_over, held, unavailable)",
+            ["result"],
+            registry=r,
+        )
+        self.info.info({"version": __version__})
 
     def record(self, outcome: Outcome) -> None:
         self.dispositions.labels(outcome.disposition.value).inc()

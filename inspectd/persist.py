@@ -2,7 +2,8 @@
 
 ``insert`` is a single INSERT .. ON CONFLICT (content_hash) DO NOTHING .. RETURNING over the whole batch,
 so a row committed by an earlier run (or another station) is never written twice, and the caller learns
-exactly which rows are new.
+exactly which rows are new. On a shared incoming folder the same transaction drops the worker's claims
+on every image of the batch (claims.py), so a claim ends exactly when its result exists.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from inspectd.claims import ClaimBook
 from inspectd.db import Result
 
 
@@ -25,8 +27,9 @@ class KnownRow:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, claims: ClaimBook | None = None) -> None:
         self.engine = engine
+        self.claims = claims
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def known(self, hashes: Iterable[str]) -> dict[str, KnownRow]:
@@ -39,9 +42,13 @@ class Store:
         with self.engine.connect() as conn:
             return {h: KnownRow(i, p, s) for h, i, p, s in conn.execute(query)}
 
-    def insert(self, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-        """Insert new rows in one transaction; returns {content_hash: id} of those actually inserted."""
-        if not rows:
+    def insert(self, rows: Sequence[dict[str, Any]], handled: Iterable[str] = ()) -> dict[str, int]:
+        """Insert new rows in one transaction; returns {content_hash: id} of those actually inserted.
+
+        ``handled``: every hash of the batch, whose claims (shared folder) end in the same transaction.
+        """
+        release = sorted(set(handled)) if self.claims is not None else []
+        if not rows and not release:
             return {}
         statement = (
             self._insert(Result)
@@ -49,7 +56,10 @@ class Store:
             .returning(Result.content_hash, Result.id)
         )
         with self.engine.begin() as conn:
-            return {h: i for h, i in conn.execute(statement, list(rows))}
+            inserted = {h: i for h, i in conn.execute(statement, list(rows))} if rows else {}
+            if self.claims is not None:
+                self.claims.release(conn, release)
+            return inserted
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -3,6 +3,9 @@
 Order of effects, for crash safety: the row is committed first, the file is moved after. A crash in
 between leaves the file in incoming; when it is seen again its hash finds the committed row and the file
 is moved where that row says (``recovered``), so there is never a second row and never a lost file.
+
+On a shared incoming folder each file is claimed by its hash between reading and decoding (claims.py);
+a file another worker holds is left alone (``elsewhere``) and offered again once that lease could end.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd import archive, logs
-from inspectd.decode import DecodeLimits, decode, identity_hash
+from inspectd.claims import ClaimState
+from inspectd.decode import DecodeLimits, decode_loaded, identity_hash, load
 from inspectd.infer import Inferencer
 from inspectd.metrics import Metrics
 from inspectd.persist import KnownRow, Store
 from inspectd.records import (
     Decoded,
     Disposition,
+    Held,
+    Loaded,
     Outcome,
     ReadyFile,
     Rejected,
@@ -34,6 +40,7 @@ from inspectd.records import (
 )
 
 log = logs.get("inspectd.pipeline")
+CLAIM_UNAVAILABLE = "claim_unavailable"
 _T = TypeVar("_T")
 
 
@@ -64,8 +71,14 @@ class InFlight:
 
     batch: list[ReadyFile]
     size: tuple[int, int]
-    futures: list[Future[Decoded | Rejected | Vanished]]
+    futures: list[Future[Decoded | Rejected | Vanished | Held]]
     started: float
+
+
+def _held_reason(item: Vanished | Held) -> str | None:
+    if not isinstance(item, Held):
+        return None
+    return f"held by {item.holder}" if item.holder else CLAIM_UNAVAILABLE
 
 
 class Pipeline:
@@ -113,7 +126,7 @@ class Pipeline:
         self.metrics.stage.labels("decode").observe(time.perf_counter() - flight.started)
         self.metrics.batch_size.observe(len(flight.batch))
 
-        items = [d for d in decoded if not isinstance(d, Vanished)]
+        items = [d for d in decoded if isinstance(d, Decoded | Rejected)]
         known = self._with_retry(lambda: self.store.known(i.sha256 for i in items))
         fresh: list[Decoded] = []
         seen: set[str] = set()
@@ -131,7 +144,7 @@ class Pipeline:
         plans = self._plan(items, scored, known)
         started = time.perf_counter()
         rows = [p.row for p in plans if p.row is not None]
-        inserted = self._with_retry(lambda: self.store.insert(rows))
+        inserted = self._with_retry(lambda: self.store.insert(rows, (i.sha256 for i in items)))
         committed = time.monotonic()
         self.metrics.stage.labels("persist").observe(time.perf_counter() - started)
         self.metrics.db_up.set(1)
@@ -139,28 +152,34 @@ class Pipeline:
         outcomes = [
             Outcome(
                 v.source,
-                None,
-                Disposition.VANISHED,
-                None,
-                None,
+                v.sha256 if isinstance(v, Held) else None,
+                Disposition.ELSEWHERE if isinstance(v, Held) else Disposition.VANISHED,
                 None,
                 None,
                 None,
                 None,
+                None,
+                _held_reason(v),
                 committed - v.source.ready_at,
             )
             for v in decoded
-            if isinstance(v, Vanished)
+            if isinstance(v, Vanished | Held)
         ]
         started = time.perf_counter()
         outcomes += [self._archive(plan, inserted, committed) for plan in plans]
         self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
         return outcomes
 
-    def _decode_one(self, ready: ReadyFile, size: tuple[int, int]) -> Decoded | Rejected | Vanished:
+    def _decode_one(self, ready: ReadyFile, size: tuple[int, int]) -> Decoded | Rejected | Vanished | Held:
         """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
         try:
-            return decode(ready, self.limits, size)
+            loaded = load(ready, self.limits)
+            if isinstance(loaded, Vanished):
+                return loaded
+            held = self._claim(loaded)
+            if held is not None:
+                return held
+            return decode_loaded(loaded, self.limits, size) if isinstance(loaded, Loaded) else loaded
         except Exception as exc:
             log.exception("decode.internal_error", file=ready.path.name)
             try:
@@ -174,6 +193,28 @@ class Pipeline:
                 "internal_error",
                 f"{type(exc).__name__}: {exc}",
             )
+
+    def _claim(self, item: Loaded | Rejected) -> Held | None:
+        """Shared folder only: None when this worker may go on with the file."""
+        claims = self.store.claims
+        if claims is None:
+            return None
+        try:
+            result = claims.claim(item.sha256, str(item.source.path))
+        except SQLAlchemyError as exc:
+            self.metrics.claims.labels("unavailable").inc()
+            log.warning(
+                "claim.unavailable",
+                file=item.source.path.name,
+                error=str(exc.__cause__ or exc).splitlines()[0],
+            )
+            return Held(item.source, item.sha256, None)
+        self.metrics.claims.labels(result.state.value).inc()
+        if result.state is ClaimState.HELD:
+            return Held(item.source, item.sha256, result.holder)
+        if result.state is ClaimState.TAKEN_OVER:
+            log.info("claim.taken_over", file=item.source.path.name, sha256=item.sha256)
+        return None
 
     def _classify(self, fresh: list[Decoded]) -> tuple[dict[str, Scored], dict[str, Rejected]]:
         """Score the batch in one call; if that fails, score image by image so one bad input is recorded

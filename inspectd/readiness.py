@@ -8,7 +8,8 @@
 - hidden and temporary names (``.name.XXXXXX`` from rsync, ``*.part``, ``*.tmp``, ...) are never taken.
 
 A path is handed out once; it can come back only after ``release`` (the pipeline is done with it), so
-events and rescans never make the same file be processed twice at the same time.
+events and rescans never make the same file be processed twice at the same time. On a shared folder a
+file another worker holds is ``rest``ed: rescans skip it until that worker's lease could have ended.
 
 Events arrive on the observer's thread; ``take`` runs on the pipeline thread.
 """
@@ -57,6 +58,7 @@ class Readiness:
         self._pending: dict[Path, _Candidate] = {}
         self._ready: deque[ReadyFile] = deque()
         self._claimed: set[Path] = set()  # in _ready or being processed
+        self._resting: dict[Path, float] = {}  # held by another worker: not rescanned before this time
         self.last_scan_total = 0  # acceptable files seen in the folder by the last scan
 
     # --- filters -------------------------------------------------------------------------------------
@@ -109,12 +111,13 @@ class Readiness:
         added = total = 0
         now = self._clock()
         with self._cond:
+            self._resting = {p: until for p, until in self._resting.items() if until > now}
             for entry in entries:
                 path = Path(entry.path)
                 if not self.accepts(path):
                     continue
                 total += 1
-                if path in self._claimed or path in self._pending:
+                if path in self._claimed or path in self._pending or path in self._resting:
                     continue
                 self._pending[path] = _Candidate(False, None, now)
                 added += 1
@@ -142,6 +145,12 @@ class Readiness:
     def release(self, paths: Iterable[Path]) -> None:
         with self._cond:
             self._claimed.difference_update(paths)
+
+    def rest(self, paths: Iterable[Path], seconds: float) -> None:
+        until = self._clock() + seconds
+        with self._cond:
+            for path in paths:
+                self._resting[path] = until
 
     def backlog(self) -> tuple[int, int]:
         """(files waiting to be judged complete, files ready or being processed)."""

@@ -1,6 +1,6 @@
 """The typed, immutable records that flow between stages, in pipeline order.
 
-file event -> ReadyFile -> Decoded | Rejected -> Scored -> Outcome
+file event -> ReadyFile -> [Loaded -> claim ->] Decoded | Rejected | Held -> Scored -> Outcome
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Disposition(StrEnum):
     DUPLICATE = "duplicate"  # the same bytes already have a row: no second row, file archived as a copy
     VANISHED = "vanished"  # the file disappeared before it could be read: nothing to record
     DEFERRED = "deferred"  # committed, but the move failed: the file stays in incoming and is retried
+    ELSEWHERE = "elsewhere"  # shared folder: another worker holds its claim; left in incoming for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,24 @@ class ReadyFile:
     path: Path
     ready_at: float  # time.monotonic() when judged ready: the start of the latency clock
     received_at: datetime  # wall-clock time of the same moment (UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A file's bytes, read once, and their hash (decode stage, before the claim on a shared folder)."""
+
+    source: ReadyFile
+    sha256: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Shared folder: the file's claim belongs to another worker (or could not be checked): not ours."""
+
+    source: ReadyFile
+    sha256: str
+    holder: str | None  # None: the claim could not be checked (database unreachable)
 
 
 @dataclass(frozen=True, slots=True)

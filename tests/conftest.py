@@ -52,6 +52,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def metric(body: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a /metrics body (None when absent), whatever the label order."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
 @dataclass
 class Workspace:
     root: Path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, Workspace, png_bytes, wait_until
+from tests.conftest import DaemonProcess, Workspace, metric, png_bytes, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -182,9 +182,9 @@ def test_http_endpoints(daemon: Start, upgraded: Workspace) -> None:
     proc.wait_rows(1)
     status, body = proc.get("/metrics")
     assert status == 200
-    assert 'inspectd_images_processed_total{status="ok"' in body
-    assert "inspectd_latency_seconds_bucket" in body
-    assert "inspectd_model_info{" in body
+    assert metric(body, "inspectd_images_processed_total", status="ok", station="station-1") == 1
+    assert metric(body, "inspectd_latency_seconds_count", station="station-1") == 1
+    assert metric(body, "inspectd_model_info", station="station-1") == 1
     assert "_created" not in body
     status, body = proc.get("/readyz")
     assert status == 200 and json.loads(body) == {
@@ -245,7 +245,7 @@ def test_sighup_refuses_a_broken_model_and_keeps_the_old(daemon: Start, upgraded
     rows = proc.wait_rows(1)
     assert rows[0]["model_version"] == active
     _, body = proc.get("/metrics")
-    assert "inspectd_model_load_failures_total 1.0" in body
+    assert metric(body, "inspectd_model_load_failures_total", station="station-1") == 1
     assert proc.stop() == 0
 
 

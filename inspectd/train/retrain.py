@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine
 
-from inspectd import labels, logs
+from inspectd import activations, labels, logs
 from inspectd.config import Config, GateConfig, RetrainConfig
 from inspectd.decode import DecodeLimits
 from inspectd.infer import Inferencer, ModelLoadError, sigmoid
@@ -253,7 +253,9 @@ def retrain(
     # the same holdout for both models, each through its own preprocessing size and threshold
     candidate = Inferencer.load(candidate_dir)
     cand_report = _evaluate_items(candidate, parts.holdout, limits, rc, run_dir / "holdout-candidate")
-    active_version = registry.ensure_active()  # a fresh install compares with the bundled model
+    registry.ensure_active()  # a fresh install compares with the bundled model
+    active_version = activations.wanted(cfg.model, engine, cfg.station.name, registry).version
+    assert active_version is not None, "ensure_active leaves an active version"
     act_report: dict[str, Any] | None = None
     try:
         active = Inferencer.load(registry.version_dir(active_version))
@@ -275,7 +277,9 @@ def retrain(
     registry.install(candidate_dir)
     promoted = passed or force
     if promoted:
-        registry.activate(version, reason="retrain --force" if force and not passed else "retrain")
+        reason = "retrain --force" if force and not passed else "retrain"
+        registry.activate(version, reason=reason)
+        activations.record(engine, version, None, reason)
     summary = {
         "version": version,
         "promoted": promoted,
@@ -303,7 +307,7 @@ def evaluate_version(
     """`inspectd eval`: a version (default: the active one) on a labeled folder, or on the holdout split of
     the labeled images (the split retrain uses)."""
     registry = ModelRegistry(cfg.paths.models)
-    version = version or registry.active_version()
+    version = version or activations.wanted(cfg.model, engine, cfg.station.name, registry).version
     if version is None:
         raise ModelLoadError("the registry has no active version; name one")
     inferencer = Inferencer.load(registry.version_dir(version))

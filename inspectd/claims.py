@@ -1,0 +1,119 @@
+"""Claim stage, for an incoming folder shared by several workers (``[cluster] shared_incoming``).
+
+Every worker sees every file; each reads and hashes it, then claims the hash in the ``claims`` table with
+one atomic upsert: it wins when no row exists, when the row is its own, or when the holder's lease has
+run out (a crashed worker: its claim is taken over). Only the winner decodes, scores, records and moves
+the file; the row is deleted in the transaction that commits the result. Times are the database's clock,
+so workers on machines whose clocks disagree still agree on when a lease ends.
+
+A worker is ``station@host``: stable across restarts, so a restarted daemon resumes its own claims at
+once. Station names must therefore be unique per daemon.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Connection, Engine, Float, cast, delete, extract, func, literal, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
+
+from inspectd.db import Claim, Result
+
+STALE_CLAIM_S = 86_400.0  # expired claims older than this (their file removed by hand) are purged
+
+
+class ClaimState(StrEnum):
+    CLAIMED = "claimed"
+    TAKEN_OVER = "taken_over"  # the previous holder's lease had run out
+    HELD = "held"  # another worker holds it
+    KNOWN = "known"  # its result is already committed: nothing to claim
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    state: ClaimState
+    holder: str
+
+
+def worker_id(station: str) -> str:
+    return f"{station}@{socket.gethostname()}"[:160]
+
+
+def db_now(dialect: str) -> ColumnElement[float]:
+    """Seconds since the epoch by the database server's clock."""
+    if dialect == "postgresql":
+        return cast(extract("epoch", func.clock_timestamp()), Float)
+    return cast((func.julianday("now") - 2440587.5) * 86400.0, Float)
+
+
+class ClaimBook:
+    def __init__(self, engine: Engine, station: str, lease_s: float, worker: str | None = None) -> None:
+        self.engine = engine
+        self.station = station
+        self.lease_s = lease_s
+        self.worker = worker or worker_id(station)
+        dialect = engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._now = db_now(dialect)
+
+    def claim(self, sha256: str, path: str) -> ClaimResult:
+        """Claim one image; raises SQLAlchemyError when the database cannot be reached."""
+        now = self._now
+        statement = self._insert(Claim).values(
+            content_hash=sha256,
+            worker=self.worker,
+            station=self.station,
+            path=path,
+            claimed_at=now,
+            lease_until=now + literal(self.lease_s, Float),
+            taken_over=False,
+        )
+        excluded = statement.excluded
+        upsert = statement.on_conflict_do_update(
+            index_elements=[Claim.content_hash],
+            set_={
+                "worker": excluded.worker,
+                "station": excluded.station,
+                "path": excluded.path,
+                "claimed_at": excluded.claimed_at,
+                "lease_until": excluded.lease_until,
+                "taken_over": Claim.worker != excluded.worker,
+            },
+            where=or_(Claim.worker == excluded.worker, Claim.lease_until < excluded.claimed_at),
+        ).returning(Claim.taken_over)
+        with self.engine.begin() as conn:
+            if conn.execute(select(Result.id).where(Result.content_hash == sha256)).first() is not None:
+                # already recorded (by a worker that has not moved the file yet, or a copy of the same
+                # bytes): no claim needed, the known-row path of the pipeline finishes the file
+                return ClaimResult(ClaimState.KNOWN, self.worker)
+            won = conn.execute(upsert).first()
+            if won is None:
+                holder = conn.execute(
+                    select(Claim.worker).where(Claim.content_hash == sha256)
+                ).scalar_one_or_none()
+                return ClaimResult(ClaimState.HELD, holder or "?")
+        return ClaimResult(ClaimState.TAKEN_OVER if won.taken_over else ClaimState.CLAIMED, self.worker)
+
+    def release(self, conn: Connection, hashes: Iterable[str]) -> None:
+        """Drop this worker's claims, inside the transaction that commits their results."""
+        wanted = sorted(set(hashes))
+        if wanted:
+            conn.execute(delete(Claim).where(Claim.content_hash.in_(wanted), Claim.worker == self.worker))
+
+    def purge_stale(self) -> int:
+        """Remove expired claims that no one will take over: their image has a result (a worker died
+        in the instant between another's commit and its move), or they are a day old (the file was
+        removed by hand)."""
+        recorded = select(Result.content_hash).where(Result.content_hash == Claim.content_hash).exists()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(Claim).where(
+                    Claim.lease_until < self._now,
+                    or_(recorded, Claim.lease_until < self._now - literal(STALE_CLAIM_S, Float)),
+                )
+            )
+        return int(result.rowcount or 0)
