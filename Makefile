@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus
 
-.PHONY: run test lint typecheck unit bench bundled-model clean system-deps
+.PHONY: run test lint typecheck unit bench bench-scaleout bench-recipes bundled-model clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: lint typecheck unit
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-scaleout: $(VENV)/.dev system-deps
+	pg_virtualenv -t $(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)
+
+bench-recipes: $(VENV)/.dev
+	$(BIN)/python benchmarks/retrain_recipes.py $(BENCH_ARGS)
 
 bundled-model: $(VENV)/.dev
 	$(BIN)/python tools/make_bundled_model.py inspectd/bundled_model --force

@@ -118,7 +118,13 @@ def prometheus_for(tmp_path: Path) -> Iterator[Callable[[int], Prometheus]]:
 
 
 def grafana_to_promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$instance", ".*")
+    """The dashboard's query as Grafana sends it, with the station picked (the label must be there)."""
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+        .replace("$station", "station-1")
+    )
 
 
 @needs_prometheus

@@ -16,7 +16,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 UID = "inspectd-overview"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
-SEL = 'job=~"$job", instance=~"$instance"'
+SEL = 'job=~"$job", station=~"$station", instance=~"$instance"'
 
 # (title, unit, [(expr, legend)], kind, width) — kind: ts (time series), stat, heat (heatmap), state
 PANELS: list[tuple[str, str, list[tuple[str, str]], str, int]] = [
@@ -161,10 +161,19 @@ def build() -> dict[str, Any]:
             .all_value(".*")
         )
         .with_variable(
+            dashboard.QueryVariable("station")
+            .label("station")
+            .datasource(DS)
+            .query('label_values(inspectd_build_info{job=~"$job"}, station)')
+            .include_all(True)
+            .multi(True)
+            .all_value(".*")
+        )
+        .with_variable(
             dashboard.QueryVariable("instance")
             .label("instance")
             .datasource(DS)
-            .query('label_values(inspectd_build_info{job=~"$job"}, instance)')
+            .query('label_values(inspectd_build_info{job=~"$job", station=~"$station"}, instance)')
             .include_all(True)
             .multi(True)
             .all_value(".*")
