@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus
 
-.PHONY: run test lint typecheck unit bench bench-scaleout bench-recipes bundled-model clean system-deps
+.PHONY: run test lint typecheck unit bench bench-scaleout bench-recipes bench-small bundled-model clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench: $(VENV)/.dev
 
 bench-scaleout: $(VENV)/.dev system-deps
 	pg_virtualenv -t $(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)
+
+bench-small: $(VENV)/.dev
+	$(BIN)/python benchmarks/small_symbols.py $(BENCH_ARGS)
 
 bench-recipes: $(VENV)/.dev
 	$(BIN)/python benchmarks/retrain_recipes.py $(BENCH_ARGS)

@@ -1,7 +1,7 @@
 """Training recipes compared under distribution shift: python benchmarks/retrain_recipes.py
 
-Both recipes train on the same generated images (marks 60-110 px, crosshair angles 0-20 degrees, bright
-dies) and are tested on images that differ (marks 36-70 px, any angle 30-90 degrees, dark dies):
+Both recipes train on the same generated images (marks 60-110 px, crosshair angles 0-45 degrees, bright
+dies) and are tested on images that differ (marks 40-80 px, angles 45-90 degrees, dark dies):
 
 - seed-style: the tutorial recipe, a Conv-ReLU-MaxPool network with a dense head on 64x64 input, plain
   Adam, no augmentation, no class weights, 0.5 threshold;
@@ -33,9 +33,9 @@ from inspectd.train.retrain import train_arrays
 from inspectd.train.tf import keras, tensorflow
 
 TRAIN = SynthSpec(
-    present_ratio=0.3, mark_min=60, mark_max=110, angle_deg=(0.0, 20.0), background=(100.0, 150.0)
+    present_ratio=0.3, mark_min=60, mark_max=110, angle_deg=(0.0, 45.0), background=(100.0, 150.0)
 )
-SHIFTED = replace(TRAIN, mark_min=36, mark_max=70, angle_deg=(30.0, 90.0), background=(45.0, 90.0))
+SHIFTED = replace(TRAIN, mark_min=40, mark_max=80, angle_deg=(45.0, 90.0), background=(45.0, 90.0))
 
 
 def seed_style(x: npt.NDArray[np.float32], y: npt.NDArray[np.int_], epochs: int) -> Any:

@@ -38,6 +38,10 @@ RESULT_FIELDS = (
     "label",
     "labeled_by",
     "labeled_at",
+    "box_x",
+    "box_y",
+    "box_w",
+    "box_h",
 )
 TABLE_FIELDS = (
     "id",
@@ -47,6 +51,7 @@ TABLE_FIELDS = (
     "verdict",
     "score",
     "model_version",
+    "box",
     "error_reason",
 )
 
@@ -212,6 +217,9 @@ def _table(rows: list[dict[str, Any]], out: Any) -> None:
             return str(value)[:19].replace("T", " ")
         return str(value).replace("\n", "\\n")
 
+    for row in rows:
+        corner = row["box_x"], row["box_y"], row["box_w"], row["box_h"]
+        row["box"] = None if corner[0] is None else "{},{} {}x{}".format(*corner)
     table = [list(TABLE_FIELDS)] + [[cell(f, row[f]) for f in TABLE_FIELDS] for row in rows]
     widths = [min(max(len(r[i]) for r in table), 48) for i in range(len(TABLE_FIELDS))]
     for r in table:
@@ -311,15 +319,22 @@ def _engine(obj: _Obj) -> Any:
     "--import",
     "import_csv",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="CSV of (file name, hash or image path; label) rows, applied all or nothing",
+    help="CSV of (file name, hash or image path; label[; x, y, w, h]) rows, applied all or nothing",
 )
+@click.option("--box", default=None, help="where the symbol is: x,y,w,h in pixels (for tiled training)")
 @click.option(
     "--sync", is_flag=True, help="take the images in the label folders (paths.labels/present|absent)"
 )
 @click.option("--by", default=None, help="who labels (stored with the label)")
 @click.pass_obj
 def label(
-    obj: _Obj, ref: str | None, label: str | None, import_csv: Path | None, sync: bool, by: str | None
+    obj: _Obj,
+    ref: str | None,
+    label: str | None,
+    import_csv: Path | None,
+    box: str | None,
+    sync: bool,
+    by: str | None,
 ) -> None:
     """Record the true answer: `label ID|HASH|FILE present|absent`, `--import CSV`, or `--sync`."""
     from inspectd import labels as lab
@@ -339,7 +354,7 @@ def label(
             for problem in report.skipped:
                 click.echo(f"skipped {problem}", err=True)
         elif ref is not None and label is not None:
-            row = lab.label_result(engine, ref, label, by)
+            row = lab.label_result(engine, ref, label, by, lab.parse_box(box))
             click.echo(f"result {row.id} ({row.original_name}) labeled {label}; the model said {row.verdict}")
         else:
             raise click.UsageError("give REF and LABEL, or --import CSV, or --sync")
@@ -363,12 +378,35 @@ def label(
     help="plus a random sample of confident ones",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table")
+@click.option(
+    "--explain",
+    "explain_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="also write an explain picture per result into this folder (linked in the output)",
+)
 @click.pass_obj
-def review(obj: _Obj, limit: int, confident: int, fmt: str) -> None:
+def review(obj: _Obj, limit: int, confident: int, fmt: str, explain_dir: Path | None) -> None:
     """Unlabeled results most worth a human look, to label next."""
     from inspectd import labels as lab
 
     rows = lab.review(_engine(obj), limit, confident)
+    if explain_dir is not None:
+        from inspectd.explain import ExplainError, explain
+        from inspectd.tiles import view_for
+
+        cfg = obj.config()
+        inferencer = _station_model(obj)
+        limits = _limits(cfg)
+        for row in rows:
+            out = explain_dir / f"{row['id']}-{Path(row['stored_path']).stem}.explain.png"
+            try:
+                view = view_for(inferencer.meta, cfg.model.roi, cfg.model.tile, cfg.model.tile_overlap)
+                explain(Path(row["stored_path"]), inferencer, limits, view, out, cfg.model.threshold)
+                row["explain"] = str(out)
+            except ExplainError as exc:
+                row["explain"] = None
+                click.echo(f"no picture for result {row['id']}: {exc}", err=True)
     if fmt == "jsonl":
         for row in rows:
             click.echo(json.dumps(row))
@@ -377,8 +415,58 @@ def review(obj: _Obj, limit: int, confident: int, fmt: str) -> None:
         click.echo(
             f"{row['id']:>6}  {row['why']:<16}  score {row['score']:.3f} (threshold {row['threshold']:.3f}, "
             f"{row['verdict']})  {row['stored_path']}"
+            + (f"  picture: {row['explain']}" if row.get("explain") else "")
         )
     click.echo(f"({len(rows)} to review; label with: inspectd label ID present|absent)")
+
+
+def _limits(cfg: Config) -> Any:
+    from inspectd.decode import DecodeLimits, install_pixel_limit
+
+    install_pixel_limit(cfg.decode.max_pixels)
+    return DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
+
+
+def _station_model(obj: _Obj, version: str | None = None) -> Any:
+    """The model this station runs (or ``version``), loaded as the daemon loads it."""
+    from inspectd import activations
+    from inspectd.infer import Inferencer, ModelLoadError
+    from inspectd.registry import ModelRegistry
+
+    cfg = obj.config()
+    registry = ModelRegistry(cfg.paths.models)
+    registry.ensure_active()
+    version = version or activations.wanted(cfg.model, _engine(obj), cfg.station.name, registry).version
+    try:
+        return Inferencer.load(registry.version_dir(version or ""), cfg.model.num_threads)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="PNG to write")
+@click.option("--version", "version", default=None, help="model version (default: this station's)")
+@click.pass_obj
+def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> None:
+    """Write a PNG of FILE with the tile-score heatmap and the box where the symbol was found."""
+    from inspectd.explain import ExplainError, default_out
+    from inspectd.explain import explain as run_explain
+    from inspectd.tiles import view_for
+
+    cfg = obj.config()
+    target = out or default_out(cfg.paths.runs, file)
+    inferencer = _station_model(obj, version)
+    view = view_for(inferencer.meta, cfg.model.roi, cfg.model.tile, cfg.model.tile_overlap)
+    try:
+        result = run_explain(file, inferencer, _limits(cfg), view, target, cfg.model.threshold)
+    except ExplainError as exc:
+        raise click.ClickException(str(exc)) from None
+    box = "-" if result.box is None else "{},{} {}x{}".format(*result.box)
+    click.echo(
+        f"{result.verdict} (score {result.score:.3f}, threshold {result.threshold:.3f}, "
+        f"{result.tiles} tiles, box {box}): {result.picture}"
+    )
 
 
 @cli.command()

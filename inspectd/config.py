@@ -112,6 +112,25 @@ class ModelConfig(_Section):
     # database for this station or for all (when follow_database); else the registry's own pointer.
     pin: str | None = Field(default=None, min_length=1, max_length=64)
     follow_database: bool = True
+    # x, y, w, h of the area the symbol can be in: pixels, or fractions of the frame when all are <= 1
+    roi: tuple[float, float, float, float] | None = None
+    # Tiles of this many frame pixels, each resized to the model's input: overrides the version's own
+    # tiling (a whole-frame model on large frames: tiles at the scale its training frames had)
+    tile: int | None = Field(default=None, ge=8)
+    tile_overlap: float | None = Field(default=None, ge=0, lt=1)  # None: the version's, else 0.25
+    tile_reduce: Literal["max", "top2_mean"] = "max"  # tiled: the image score from the tile scores
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, value: tuple[float, float, float, float] | None) -> tuple[float, ...] | None:
+        if value is None:
+            return value
+        x, y, w, h = value
+        if x < 0 or y < 0 or w <= 0 or h <= 0:
+            raise ValueError("expected [x, y, w, h] with x, y >= 0 and w, h > 0")
+        if max(value) <= 1.0 and (x + w > 1.0 or y + h > 1.0):
+            raise ValueError("as fractions of the frame, x + w and y + h must be at most 1")
+        return value
 
 
 class ClusterConfig(_Section):
@@ -155,6 +174,10 @@ class RetrainConfig(_Section):
         str, Path
     ] = {}  # backbone -> local ImageNet weights file (.weights.h5), for offline machines
     input_size: int = Field(default=128, ge=32, le=512)
+    # Tiled training: tiles of this many frame pixels (resized to input_size), the daemon cutting frames
+    # the same way for this version; None trains on whole frames (or the ROI) resized to input_size.
+    tile: int | None = Field(default=None, ge=8)
+    tile_overlap: float = Field(default=0.25, ge=0, lt=1)
     epochs: int = Field(default=30, ge=1)
     fine_tune_epochs: int = Field(default=10, ge=0)
     fine_tune_layers: int = Field(default=30, ge=0)

@@ -139,6 +139,10 @@ class Daemon:
             cfg.database.retry_initial_s,
             cfg.database.retry_max_s,
             should_abort=self._alive_should_abort,
+            roi=cfg.model.roi,
+            tile=cfg.model.tile,
+            tile_overlap=cfg.model.tile_overlap,
+            tile_reduce=cfg.model.tile_reduce,
         )
         self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)
         self.health.watcher = True

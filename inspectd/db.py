@@ -69,6 +69,12 @@ class Result(Base):
     label: Mapped[str | None] = mapped_column(String(8))
     labeled_by: Mapped[str | None] = mapped_column(String(128))
     labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # tiled models: the best tile, where the symbol was found (frame pixels)
+    box_x: Mapped[int | None] = mapped_column(Integer)
+    box_y: Mapped[int | None] = mapped_column(Integer)
+    box_w: Mapped[int | None] = mapped_column(Integer)
+    box_h: Mapped[int | None] = mapped_column(Integer)
+    label_box: Mapped[str | None] = mapped_column(String(64))  # "x,y,w,h": where a human saw the symbol
 
     __table_args__ = (
         CheckConstraint("verdict IN ('present', 'absent')", name="verdict"),
@@ -93,6 +99,7 @@ class Example(Base):
     path: Mapped[str] = mapped_column(Text)
     label: Mapped[str] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(16))
+    box: Mapped[str | None] = mapped_column(String(64))  # "x,y,w,h": where the symbol is, when known
     labeled_by: Mapped[str | None] = mapped_column(String(128))
     labeled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

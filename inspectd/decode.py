@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inspectd.preprocess import UnsupportedImage, preprocess
+from inspectd.preprocess import UnsupportedImage
 from inspectd.records import Decoded, Loaded, ReadyFile, Rejected, Vanished
+from inspectd.tiles import View, boxes_for, cut
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
@@ -39,9 +40,9 @@ def identity_hash(kind: str, name: str, st: os.stat_result) -> str:
     return hashlib.sha256(f"{kind}\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
 
 
-def decode(ready: ReadyFile, limits: DecodeLimits, size: tuple[int, int]) -> Decoded | Rejected | Vanished:
+def decode(ready: ReadyFile, limits: DecodeLimits, view: View) -> Decoded | Rejected | Vanished:
     loaded = load(ready, limits)
-    return decode_loaded(loaded, limits, size) if isinstance(loaded, Loaded) else loaded
+    return decode_loaded(loaded, limits, view) if isinstance(loaded, Loaded) else loaded
 
 
 def load(ready: ReadyFile, limits: DecodeLimits) -> Loaded | Rejected | Vanished:
@@ -99,7 +100,7 @@ def load(ready: ReadyFile, limits: DecodeLimits) -> Loaded | Rejected | Vanished
     return Loaded(ready, digest, content)
 
 
-def decode_loaded(loaded: Loaded, limits: DecodeLimits, size: tuple[int, int]) -> Decoded | Rejected:
+def decode_loaded(loaded: Loaded, limits: DecodeLimits, view: View) -> Decoded | Rejected:
     ready, digest, content = loaded.source, loaded.sha256, loaded.content
     size_bytes = len(content)
     try:
@@ -152,7 +153,11 @@ def decode_loaded(loaded: Loaded, limits: DecodeLimits, size: tuple[int, int]) -
             height,
         )
     try:
-        tensor = preprocess(image, size)
+        boxes = boxes_for(view, width, height)
+    except ValueError as exc:
+        return Rejected(ready, digest, size_bytes, "roi_outside_frame", str(exc), width, height)
+    try:
+        tiles = cut(image, boxes, view.input_size)
     except UnsupportedImage as exc:
         return Rejected(ready, digest, size_bytes, "unsupported_format", str(exc), width, height)
-    return Decoded(ready, digest, size_bytes, width, height, tensor)
+    return Decoded(ready, digest, size_bytes, width, height, tiles, tuple(boxes))

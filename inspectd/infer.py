@@ -17,6 +17,7 @@ from inspectd.records import Decoded, Scored, Verdict
 from inspectd.registry import MODEL_FILE, SELFTEST_FILE, ModelMeta, RegistryError, read_meta
 
 SELFTEST_TOLERANCE = 1e-3
+MAX_CHUNK = 256  # inputs per interpreter call: tiled frames are scored in chunks of at most this many
 
 
 class ModelLoadError(Exception):
@@ -93,7 +94,13 @@ class Inferencer:
 
     def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         cal = self.meta.calibration
-        return sigmoid(np.float32(cal.a) * self.logits(batch) + np.float32(cal.b))
+        if batch.shape[0] <= MAX_CHUNK:
+            logits = self.logits(batch)
+        else:
+            logits = np.concatenate(
+                [self.logits(batch[i : i + MAX_CHUNK]) for i in range(0, batch.shape[0], MAX_CHUNK)]
+            )
+        return sigmoid(np.float32(cal.a) * logits + np.float32(cal.b))
 
     def self_test(self, selftest: Path) -> None:
         """Reproduce the scores recorded when the version was made; refuse the model otherwise."""
@@ -114,12 +121,26 @@ class Inferencer:
                 f"{self.version}: self-test scores differ from the recorded ones by up to {worst:.4f}"
             )
 
-    def classify(self, images: list[Decoded], threshold: float | None = None) -> list[Scored]:
+    def classify(
+        self, images: list[Decoded], threshold: float | None = None, reduce: str = "max"
+    ) -> list[Scored]:
+        """One call for every tile of every image; an image's score is its best tile's (``max``) or the
+        mean of its best two (``top2_mean``, less swayed by one noisy tile); the best tile is its box."""
         if not images:
             return []
         cut = self.meta.threshold if threshold is None else threshold
-        scores = self.scores(np.stack([image.tensor for image in images]))
-        return [
-            Scored(image, float(s), Verdict.PRESENT if s >= cut else Verdict.ABSENT, self.version, cut)
-            for image, s in zip(images, scores, strict=True)
-        ]
+        tiles = images[0].tiles if len(images) == 1 else np.concatenate([i.tiles for i in images])
+        scores = self.scores(tiles)
+        out: list[Scored] = []
+        start = 0
+        for image in images:
+            own = scores[start : start + len(image.tiles)]
+            start += len(image.tiles)
+            best = int(np.argmax(own))
+            score = float(own[best])
+            if reduce == "top2_mean" and len(own) > 1:
+                score = float(np.mean(np.partition(own, -2)[-2:]))
+            box = image.boxes[best] if len(image.boxes) > 1 else None
+            verdict = Verdict.PRESENT if score >= cut else Verdict.ABSENT
+            out.append(Scored(image, score, verdict, self.version, cut, box))
+        return out

@@ -34,6 +34,24 @@ class Labeled:
     label: int  # 1 present, 0 absent
     sha256: str
     source: str  # "result", "folder" or "import"
+    box: tuple[int, int, int, int] | None = None  # where the symbol is (x, y, w, h), when a human said
+
+
+def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """ "x,y,w,h" (or four CSV cells joined) -> a box; empty -> None; raises LabelError."""
+    if text is None or not text.strip(" ,"):
+        return None
+    try:
+        x, y, w, h = (round(float(v)) for v in text.split(","))
+    except ValueError:
+        raise LabelError(f"a box is x,y,w,h in pixels, not {text!r}") from None
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise LabelError(f"a box needs x, y >= 0 and w, h > 0, not {text!r}")
+    return (x, y, w, h)
+
+
+def format_box(box: tuple[int, int, int, int] | None) -> str | None:
+    return None if box is None else ",".join(map(str, box))
 
 
 @dataclass
@@ -70,17 +88,21 @@ def find_result(session: Session, ref: str) -> Result:
     return rows[0]
 
 
-def label_result(engine: Engine, ref: str, label: str, by: str | None) -> Result:
+def label_result(
+    engine: Engine, ref: str, label: str, by: str | None, box: tuple[int, int, int, int] | None = None
+) -> Result:
     with Session(engine) as session, session.begin():
         row = find_result(session, ref)
         row.label, row.labeled_by, row.labeled_at = _check(label), by, datetime.now(UTC)
+        row.label_box = format_box(box if label == "present" else None)
         session.flush()
         session.expunge(row)
         return row
 
 
 def import_csv(engine: Engine, path: Path, by: str | None) -> tuple[int, int]:
-    """Apply every row of a CSV (file name, hash or image path; label), all or nothing.
+    """Apply every row of a CSV (file name, hash or image path; label; optionally x, y, w, h of the
+    symbol), all or nothing.
 
     A reference that matches no result but names an existing image file (relative to the CSV's folder)
     adds that image as an example. Returns (results labeled, examples added).
@@ -102,16 +124,22 @@ def import_csv(engine: Engine, path: Path, by: str | None) -> tuple[int, int]:
                 problems.append(f"line {number}: label must be present or absent, not {label!r}")
                 continue
             try:
+                box = parse_box(",".join(row[2:6])) if label == "present" and len(row) >= 6 else None
+            except LabelError as exc:
+                problems.append(f"line {number}: {exc}")
+                continue
+            try:
                 result = find_result(session, ref)
             except LabelError as exc:
                 image = (path.parent / ref).resolve()
                 if image.is_file():
-                    _upsert_example(session, image, label, "import", by, now)
+                    _upsert_example(session, image, label, "import", by, now, box)
                     added += 1
                 else:
                     problems.append(f"line {number}: {exc}")
                 continue
             result.label, result.labeled_by, result.labeled_at = label, by, now
+            result.label_box = format_box(box)
             labeled += 1
         if problems:
             session.rollback()
@@ -120,7 +148,13 @@ def import_csv(engine: Engine, path: Path, by: str | None) -> tuple[int, int]:
 
 
 def _upsert_example(
-    session: Session, image: Path, label: str, source: str, by: str | None, now: datetime
+    session: Session,
+    image: Path,
+    label: str,
+    source: str,
+    by: str | None,
+    now: datetime,
+    box: tuple[int, int, int, int] | None = None,
 ) -> str:
     """Returns 'added', 'relabeled' or 'unchanged'."""
     sha = file_sha256(image)
@@ -128,10 +162,18 @@ def _upsert_example(
     if existing is None:
         session.add(
             Example(
-                content_hash=sha, path=str(image), label=label, source=source, labeled_by=by, labeled_at=now
+                content_hash=sha,
+                path=str(image),
+                label=label,
+                source=source,
+                labeled_by=by,
+                labeled_at=now,
+                box=format_box(box),
             )
         )
         return "added"
+    if box is not None:
+        existing.box = format_box(box)
     if existing.label == label and existing.path == str(image):
         return "unchanged"
     existing.label, existing.path, existing.labeled_by, existing.labeled_at = label, str(image), by, now
@@ -204,12 +246,14 @@ def labeled_examples(engine: Engine) -> list[Labeled]:
     """Every labeled image whose file still exists, results first, each content once."""
     out: dict[str, Labeled] = {}
     with Session(engine) as session:
-        for sha, path, label in session.execute(
-            select(Result.content_hash, Result.stored_path, Result.label).where(Result.label.is_not(None))
+        for sha, path, label, box in session.execute(
+            select(Result.content_hash, Result.stored_path, Result.label, Result.label_box).where(
+                Result.label.is_not(None)
+            )
         ):
-            out.setdefault(sha, Labeled(Path(path), int(label == "present"), sha, "result"))
-        for sha, path, label, source in session.execute(
-            select(Example.content_hash, Example.path, Example.label, Example.source)
+            out.setdefault(sha, Labeled(Path(path), int(label == "present"), sha, "result", parse_box(box)))
+        for sha, path, label, source, box in session.execute(
+            select(Example.content_hash, Example.path, Example.label, Example.source, Example.box)
         ):
-            out.setdefault(sha, Labeled(Path(path), int(label == "present"), sha, source))
+            out.setdefault(sha, Labeled(Path(path), int(label == "present"), sha, source, parse_box(box)))
     return [item for item in out.values() if item.path.is_file()]

@@ -38,6 +38,7 @@ from inspectd.records import (
     Status,
     Vanished,
 )
+from inspectd.tiles import View, view_for
 
 log = logs.get("inspectd.pipeline")
 CLAIM_UNAVAILABLE = "claim_unavailable"
@@ -70,7 +71,7 @@ class InFlight:
     """A batch whose files are being decoded in the pool."""
 
     batch: list[ReadyFile]
-    size: tuple[int, int]
+    view: View
     futures: list[Future[Decoded | Rejected | Vanished | Held]]
     started: float
 
@@ -95,6 +96,10 @@ class Pipeline:
         retry_initial_s: float,
         retry_max_s: float,
         should_abort: Callable[[], bool] = lambda: False,
+        roi: tuple[float, float, float, float] | None = None,
+        tile: int | None = None,
+        tile_overlap: float | None = None,
+        tile_reduce: str = "max",
     ) -> None:
         self.store = store
         self.inferencer = inferencer
@@ -103,6 +108,10 @@ class Pipeline:
         self.station = station
         self.metrics = metrics
         self.threshold = threshold
+        self.roi = roi
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.tile_reduce = tile_reduce
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.should_abort = should_abort
@@ -113,14 +122,18 @@ class Pipeline:
 
     def start(self, batch: list[ReadyFile]) -> InFlight:
         """Decode stage, in the background: the caller finishes the previous batch meanwhile."""
-        size = self.inferencer.input_size
-        futures = [self._pool.submit(self._decode_one, ready, size) for ready in batch]
-        return InFlight(batch, size, futures, time.perf_counter())
+        view = self.view()
+        futures = [self._pool.submit(self._decode_one, ready, view) for ready in batch]
+        return InFlight(batch, view, futures, time.perf_counter())
+
+    def view(self) -> View:
+        """How the active model looks at a frame: its input size, the ROI, its tiling."""
+        return view_for(self.inferencer.meta, self.roi, self.tile, self.tile_overlap)
 
     def finish(self, flight: InFlight) -> list[Outcome]:
         """Wait for a batch's decoding, then infer, persist and archive it."""
         decoded = [f.result() for f in flight.futures]
-        if flight.size != self.inferencer.input_size:  # the model changed input size meanwhile
+        if flight.view != self.view():  # the model changed input size or tiling meanwhile
             flight = self.start(flight.batch)
             decoded = [f.result() for f in flight.futures]
         self.metrics.stage.labels("decode").observe(time.perf_counter() - flight.started)
@@ -170,7 +183,7 @@ class Pipeline:
         self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
         return outcomes
 
-    def _decode_one(self, ready: ReadyFile, size: tuple[int, int]) -> Decoded | Rejected | Vanished | Held:
+    def _decode_one(self, ready: ReadyFile, view: View) -> Decoded | Rejected | Vanished | Held:
         """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
         try:
             loaded = load(ready, self.limits)
@@ -179,7 +192,7 @@ class Pipeline:
             held = self._claim(loaded)
             if held is not None:
                 return held
-            return decode_loaded(loaded, self.limits, size) if isinstance(loaded, Loaded) else loaded
+            return decode_loaded(loaded, self.limits, view) if isinstance(loaded, Loaded) else loaded
         except Exception as exc:
             log.exception("decode.internal_error", file=ready.path.name)
             try:
@@ -220,14 +233,15 @@ class Pipeline:
         """Score the batch in one call; if that fails, score image by image so one bad input is recorded
         as its own error and the others still get their verdicts."""
         try:
-            return {s.image.sha256: s for s in self.inferencer.classify(fresh, self.threshold)}, {}
+            batch = self.inferencer.classify(fresh, self.threshold, self.tile_reduce)
+            return {s.image.sha256: s for s in batch}, {}
         except (RuntimeError, ValueError) as exc:
             log.error("infer.batch_failed", images=len(fresh), error=str(exc))
         scored: dict[str, Scored] = {}
         failed: dict[str, Rejected] = {}
         for image in fresh:
             try:
-                scored[image.sha256] = self.inferencer.classify([image], self.threshold)[0]
+                scored[image.sha256] = self.inferencer.classify([image], self.threshold, self.tile_reduce)[0]
             except (RuntimeError, ValueError) as exc:
                 failed[image.sha256] = Rejected(
                     image.source,
@@ -291,6 +305,10 @@ class Pipeline:
             "score": None,
             "verdict": None,
             "error_reason": None,
+            "box_x": None,
+            "box_y": None,
+            "box_w": None,
+            "box_h": None,
         }
         if isinstance(item, Scored):
             image = item.image
@@ -305,6 +323,8 @@ class Pipeline:
                 score=item.score,
                 verdict=item.verdict.value,
             )
+            if item.box is not None:
+                row.update(zip(("box_x", "box_y", "box_w", "box_h"), item.box, strict=True))
         else:
             row.update(
                 content_hash=item.sha256,

@@ -62,16 +62,21 @@ class Held:
     holder: str | None  # None: the claim could not be checked (database unreachable)
 
 
+Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A file read, hashed, decoded and preprocessed into the model's input (decode stage)."""
+    """A file read, hashed, decoded and preprocessed into the model's inputs (decode stage): one per tile,
+    or one for the whole frame (region of interest)."""
 
     source: ReadyFile
     sha256: str
     size_bytes: int
     width: int
     height: int
-    tensor: npt.NDArray[np.float32]  # (H, W, 1) float32 in [0, 1], at the model's input size
+    tiles: npt.NDArray[np.float32]  # (N, H, W, 1) float32 in [0, 1], at the model's input size
+    boxes: tuple[Box, ...]  # where each of the N inputs lies in the frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,7 @@ class Scored:
     verdict: Verdict
     model_version: str
     threshold: float
+    box: Box | None = None  # tiled models: the best tile (where the symbol is)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,14 @@ class Calibration(BaseModel):
     b: float = 0.0
 
 
+class Tiling(BaseModel):
+    """The version was trained on tiles: the daemon cuts frames the same way (inspectd/tiles.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tile: int = Field(ge=8)  # tile side in frame pixels
+    overlap: float = Field(default=0.25, ge=0, lt=1)
+
+
 class ModelMeta(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)  # newer writers may add fields
 
@@ -45,6 +53,7 @@ class ModelMeta(BaseModel):
     input_size: tuple[int, int]  # (height, width)
     threshold: float = Field(ge=0, le=1)
     calibration: Calibration = Calibration()
+    tiling: Tiling | None = None  # None: the model sees the whole frame (or ROI) resized to its input
     created_at: datetime
     model_sha256: str
     metrics: dict[str, Any] = {}

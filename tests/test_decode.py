@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 from inspectd.decode import DecodeLimits, decode
 from inspectd.preprocess import preprocess
 from inspectd.records import Decoded, ReadyFile, Rejected, Vanished
+from inspectd.tiles import View
 from tests.images import encode, png_bomb
 
 LIMITS = DecodeLimits(max_pixels=50_000_000, max_file_bytes=10_000_000)
 SIZE = (64, 64)
+VIEW = View(SIZE)
 
 
 def ready(path: Path) -> ReadyFile:
@@ -42,23 +44,23 @@ def gradient(dtype: type, channels: int = 1) -> npt.NDArray[Any]:
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tif"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_formats_decode_to_the_same_tensor(tmp_path: Path, ext: str, channels: int) -> None:
-    out = decode(put(tmp_path, "a" + ext, encode(gradient(np.uint8, channels), ext)), LIMITS, SIZE)
+    out = decode(put(tmp_path, "a" + ext, encode(gradient(np.uint8, channels), ext)), LIMITS, VIEW)
     assert isinstance(out, Decoded)
     assert (out.width, out.height) == (200, 120)
-    assert out.tensor.shape == (64, 64, 1) and out.tensor.dtype == np.float32
+    assert out.tiles.shape == (1, 64, 64, 1) and out.tiles[0].dtype == np.float32
     reference = preprocess(gradient(np.uint8), SIZE)
-    assert np.abs(out.tensor - reference).max() < (0.03 if ext == ".jpg" else 1e-6)
+    assert np.abs(out.tiles[0] - reference).max() < (0.03 if ext == ".jpg" else 1e-6)
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif"])
 def test_sixteen_bit_matches_eight_bit(tmp_path: Path, ext: str) -> None:
-    out = decode(put(tmp_path, "deep" + ext, encode(gradient(np.uint16), ext)), LIMITS, SIZE)
+    out = decode(put(tmp_path, "deep" + ext, encode(gradient(np.uint16), ext)), LIMITS, VIEW)
     assert isinstance(out, Decoded)
-    assert np.abs(out.tensor - preprocess(gradient(np.uint8), SIZE)).max() < 0.01
+    assert np.abs(out.tiles[0] - preprocess(gradient(np.uint8), SIZE)).max() < 0.01
 
 
 def test_four_channels_are_accepted(tmp_path: Path) -> None:
-    out = decode(put(tmp_path, "rgba.png", encode(gradient(np.uint8, 4), ".png")), LIMITS, SIZE)
+    out = decode(put(tmp_path, "rgba.png", encode(gradient(np.uint8, 4), ".png")), LIMITS, VIEW)
     assert isinstance(out, Decoded)
 
 
@@ -66,7 +68,7 @@ def test_hash_is_of_the_bytes(tmp_path: Path) -> None:
     import hashlib
 
     content = encode(gradient(np.uint8), ".png")
-    out = decode(put(tmp_path, "a.png", content), LIMITS, SIZE)
+    out = decode(put(tmp_path, "a.png", content), LIMITS, VIEW)
     assert isinstance(out, Decoded) and out.sha256 == hashlib.sha256(content).hexdigest()
 
 
@@ -86,7 +88,7 @@ def test_hash_is_of_the_bytes(tmp_path: Path) -> None:
     ],
 )
 def test_bad_files_are_rejected_with_a_reason(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
-    out = decode(put(tmp_path, name, content), LIMITS, SIZE)
+    out = decode(put(tmp_path, name, content), LIMITS, VIEW)
     assert isinstance(out, Rejected), out
     assert out.reason == reason
     assert out.detail
@@ -102,7 +104,8 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path: Path) -> None
         "from inspectd.records import ReadyFile\n"
         "install_pixel_limit(1_000_000)\n"
         "item = ReadyFile(Path(sys.argv[1]), 0.0, datetime.now(UTC))\n"
-        "out = decode(item, DecodeLimits(1_000_000, 10**8), (64, 64))\n"
+        "from inspectd.tiles import View\n"
+        "out = decode(item, DecodeLimits(1_000_000, 10**8), View((64, 64)))\n"
         "print(out.reason)\n"
     )
     result = subprocess.run(
@@ -117,7 +120,7 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path: Path) -> None
 
 
 def test_oversized_file_is_not_read(tmp_path: Path) -> None:
-    out = decode(put(tmp_path, "big.png", b"\0" * 2000), DecodeLimits(10**6, 1000), SIZE)
+    out = decode(put(tmp_path, "big.png", b"\0" * 2000), DecodeLimits(10**6, 1000), VIEW)
     assert isinstance(out, Rejected) and out.reason == "file_too_large"
 
 
@@ -126,32 +129,32 @@ def test_symlink_is_never_followed(tmp_path: Path) -> None:
     secret.write_bytes(encode(gradient(np.uint8), ".png"))
     link = tmp_path / "link.png"
     link.symlink_to(secret)
-    out = decode(ready(link), LIMITS, SIZE)
+    out = decode(ready(link), LIMITS, VIEW)
     assert isinstance(out, Rejected) and out.reason == "symlink"
 
 
 def test_directory_named_like_an_image(tmp_path: Path) -> None:
     (tmp_path / "folder.png").mkdir()
-    out = decode(ready(tmp_path / "folder.png"), LIMITS, SIZE)
+    out = decode(ready(tmp_path / "folder.png"), LIMITS, VIEW)
     assert isinstance(out, Rejected) and out.reason == "not_a_file"
 
 
 def test_vanished_file(tmp_path: Path) -> None:
-    assert isinstance(decode(ready(tmp_path / "gone.png"), LIMITS, SIZE), Vanished)
+    assert isinstance(decode(ready(tmp_path / "gone.png"), LIMITS, VIEW), Vanished)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
 def test_unreadable_file(tmp_path: Path) -> None:
     item = put(tmp_path, "locked.png", encode(gradient(np.uint8), ".png"))
     item.path.chmod(0)
-    out = decode(item, LIMITS, SIZE)
+    out = decode(item, LIMITS, VIEW)
     assert isinstance(out, Rejected) and out.reason == "unreadable"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=4096), st.sampled_from([".png", ".jpg", ".bmp", ".tif"]))
 def test_decode_never_raises_on_arbitrary_bytes(tmp_path: Path, content: bytes, ext: str) -> None:
-    out = decode(put(tmp_path, "fuzz" + ext, content), LIMITS, SIZE)
+    out = decode(put(tmp_path, "fuzz" + ext, content), LIMITS, VIEW)
     assert isinstance(out, Decoded | Rejected)
 
 
@@ -162,7 +165,7 @@ def test_decode_never_raises_on_damaged_images(tmp_path: Path, seed: int, cut: i
     content = bytearray(encode(rng.integers(0, 255, (40, 60), np.uint8), ext))
     for _ in range(3):
         content[int(rng.integers(0, len(content)))] = int(rng.integers(0, 256))
-    out = decode(put(tmp_path, "damaged" + ext, bytes(content[: max(1, len(content) - cut)])), LIMITS, SIZE)
+    out = decode(put(tmp_path, "damaged" + ext, bytes(content[: max(1, len(content) - cut)])), LIMITS, VIEW)
     assert isinstance(out, Decoded | Rejected)
 
 
@@ -185,4 +188,4 @@ def test_one_preprocessing_function_for_daemon_and_training() -> None:
             ):
                 users.add(str(path.relative_to(root)))
     assert definers == ["preprocess.py:preprocess"]
-    assert {"decode.py", "train/data.py"} <= users
+    assert {"tiles.py", "train/data.py"} <= users  # tiles.py: the daemon's decode stage cuts through it

@@ -21,9 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 from inspectd.decode import DecodeLimits, decode
+from inspectd.infer import Inferencer
 from inspectd.labels import LABELS, Labeled
-from inspectd.records import Decoded, ReadyFile
+from inspectd.records import Box, Decoded, ReadyFile
 from inspectd.registry import file_sha256
+from inspectd.tiles import View
 
 
 class NotEnoughLabels(Exception):
@@ -98,19 +100,48 @@ def split(items: list[Labeled], holdout: float, validation: float, seed: int, mi
     return result
 
 
+def decode_item(item: Labeled, view: View, limits: DecodeLimits) -> Decoded | None:
+    """One labeled image through the daemon's decode stage (None when it cannot be used)."""
+    out = decode(ReadyFile(item.path, 0.0, datetime.now(UTC)), limits, view)
+    return out if isinstance(out, Decoded) else None
+
+
 def load(
-    items: Sequence[Labeled], size: tuple[int, int], limits: DecodeLimits, workers: int = 4
+    items: Sequence[Labeled], view: View, limits: DecodeLimits, workers: int = 4
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], list[Labeled]]:
-    """Images decoded and preprocessed exactly as the daemon does; unreadable ones are left out."""
-    now = datetime.now(UTC)
-
-    def one(item: Labeled) -> Decoded | None:
-        out = decode(ReadyFile(item.path, 0.0, now), limits, size)
-        return out if isinstance(out, Decoded) else None
-
+    """Whole-frame inputs (one per image), exactly as the daemon makes them; unreadable ones are left out."""
+    if view.tile is not None:
+        raise ValueError("load() gives one input per image; tiled views go through inspectd.train.tiled")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(one, items))
+        decoded = list(pool.map(lambda item: decode_item(item, view, limits), items))
     kept = [(d, item) for d, item in zip(decoded, items, strict=True) if d is not None]
-    x = np.stack([d.tensor for d, _ in kept]) if kept else np.zeros((0, *size, 1), np.float32)
+    size = view.input_size
+    x = np.stack([d.tiles[0] for d, _ in kept]) if kept else np.zeros((0, *size, 1), np.float32)
     y = np.array([item.label for _, item in kept], dtype=np.int_)
     return x, y, [item for _, item in kept]
+
+
+def score_frames(
+    inferencer: Inferencer,
+    items: Sequence[Labeled],
+    limits: DecodeLimits,
+    view: View,
+    chunk: int = 16,
+    workers: int = 4,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], list[Labeled], list[Box | None]]:
+    """Per-frame scores from a registry version, decided as the daemon decides (tiles and all), a chunk
+    of frames at a time so that tiled frames never all sit in memory."""
+    scores: list[float] = []
+    kept: list[Labeled] = []
+    boxes: list[Box | None] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            decoded = list(pool.map(lambda item: decode_item(item, view, limits), part))
+            good = [(d, i) for d, i in zip(decoded, part, strict=True) if d is not None]
+            for scored, (_, item) in zip(inferencer.classify([d for d, _ in good]), good, strict=True):
+                scores.append(scored.score)
+                kept.append(item)
+                boxes.append(scored.box)
+    y = np.array([item.label for item in kept], dtype=np.int_)
+    return np.array(scores, np.float32), y, kept, boxes

@@ -20,6 +20,7 @@ from inspectd.registry import (
     SELFTEST_FILE,
     Calibration,
     ModelMeta,
+    Tiling,
     file_sha256,
     write_meta,
 )
@@ -51,6 +52,7 @@ def export_version(
     selftest_inputs: npt.NDArray[np.float32],
     metrics: dict[str, Any],
     training: dict[str, Any],
+    tiling: Tiling | None = None,
 ) -> ModelMeta:
     """Write ``out`` as a complete registry version and return its metadata."""
     content = to_tflite(model)
@@ -67,6 +69,7 @@ def export_version(
         input_size=input_size,
         threshold=threshold,
         calibration=Calibration(a=a, b=b),
+        tiling=tiling,
         created_at=datetime.now(UTC),
         model_sha256=file_sha256(out / MODEL_FILE),
         metrics=metrics,

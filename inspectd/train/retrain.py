@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,18 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 
 from inspectd import activations, labels, logs
-from inspectd.config import Config, GateConfig, RetrainConfig
+from inspectd.config import Config, GateConfig, ModelConfig, RetrainConfig
 from inspectd.decode import DecodeLimits
 from inspectd.infer import Inferencer, ModelLoadError, sigmoid
-from inspectd.registry import ModelRegistry, write_meta
+from inspectd.registry import ModelRegistry, Tiling, write_meta
+from inspectd.tiles import View, view_for
 from inspectd.train import augment, report
-from inspectd.train.backbones import build, unfreeze_top
-from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, split
+from inspectd.train.backbones import Built, build, unfreeze_top
+from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, score_frames, split
 from inspectd.train.evaluate import platt
 from inspectd.train.export import export_version
 from inspectd.train.tf import keras, tensorflow
+from inspectd.train.tiled import train_tiled
 
 log = logs.get("inspectd.retrain")
 
@@ -162,6 +164,7 @@ class Trained:
     epochs_run: int
     calibration: tuple[float, float]
     threshold: float
+    samples: npt.NDArray[np.float32] | None = None  # model inputs for the version's self-test
 
 
 def train_arrays(
@@ -171,10 +174,15 @@ def train_arrays(
     xv: npt.NDArray[np.float32],
     yv: npt.NDArray[np.int_],
     run_dir: Path,
+    model: Any | None = None,
 ) -> Trained:
     """The training recipe itself: build, fit (two phases for a pretrained backbone), calibrate on the
-    validation set, and choose the operating threshold there by the configured policy."""
-    built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
+    validation set, and choose the operating threshold there by the configured policy. ``model``: go on
+    training that one instead of building a new one."""
+    if model is not None:
+        built = Built(model, None, "continued")
+    else:
+        built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
     epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
     if built.base is not None and rc.fine_tune_epochs:
         trainable = unfreeze_top(built.base, rc.fine_tune_layers)
@@ -215,17 +223,23 @@ def retrain(
     parts: Split = split(items, rc.holdout_fraction, rc.validation_fraction, rc.seed, rc.min_per_class)
     size = (rc.input_size, rc.input_size)
     limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
-    x, y, _ = load(parts.train, size, limits)
-    xv, yv, _ = load(parts.validation, size, limits)
     log.info(
         "dataset.ready",
         **{f"{n}_{c}": v for n, counts in parts.counts().items() for c, v in counts.items()},
         fingerprint=parts.fingerprint()[:16],
     )
-
-    trained = train_arrays(rc, x, y, xv, yv, run_dir)
+    if rc.tile is not None:
+        trained = train_tiled(rc, cfg.model.roi, parts.train, parts.validation, limits, run_dir)
+    else:
+        view = View(size, cfg.model.roi)
+        x, y, _ = load(parts.train, view, limits)
+        xv, yv, _ = load(parts.validation, view, limits)
+        trained = train_arrays(rc, x, y, xv, yv, run_dir)
+        trained = replace(trained, samples=xv[:8])
     trained.model.save(run_dir / "model.keras")
     training = {
+        "tile": rc.tile,
+        "tile_overlap": rc.tile_overlap if rc.tile else None,
         "backbone": rc.backbone,
         "weights": trained.weights,
         "input_size": rc.input_size,
@@ -244,22 +258,25 @@ def retrain(
         size,
         trained.threshold,
         trained.calibration,
-        xv[:8],
+        trained.samples if trained.samples is not None else np.zeros((1, *size, 1), np.float32),
         {},
         training,
+        Tiling(tile=rc.tile, overlap=rc.tile_overlap) if rc.tile else None,
     )
     registry = ModelRegistry(cfg.paths.models)
 
     # the same holdout for both models, each through its own preprocessing size and threshold
     candidate = Inferencer.load(candidate_dir)
-    cand_report = _evaluate_items(candidate, parts.holdout, limits, rc, run_dir / "holdout-candidate")
+    cand_report = _evaluate_items(
+        candidate, parts.holdout, limits, rc, run_dir / "holdout-candidate", cfg.model
+    )
     registry.ensure_active()  # a fresh install compares with the bundled model
     active_version = activations.wanted(cfg.model, engine, cfg.station.name, registry).version
     assert active_version is not None, "ensure_active leaves an active version"
     act_report: dict[str, Any] | None = None
     try:
         active = Inferencer.load(registry.version_dir(active_version))
-        act_report = _evaluate_items(active, parts.holdout, limits, rc, run_dir / "holdout-active")
+        act_report = _evaluate_items(active, parts.holdout, limits, rc, run_dir / "holdout-active", cfg.model)
     except ModelLoadError as exc:
         log.warning("active_model.unusable", version=active_version, error=str(exc))
     passed, decision = gate(cand_report, act_report, rc.gate)
@@ -324,7 +341,7 @@ def evaluate_version(
         raise NotEnoughLabels(f"{where}: need labeled images of both classes to evaluate")
     limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
     out = cfg.paths.runs / f"eval-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    return _evaluate_items(inferencer, items, limits, rc, out, data=where), out
+    return _evaluate_items(inferencer, items, limits, rc, out, cfg.model, data=where), out
 
 
 def _evaluate_items(
@@ -333,11 +350,12 @@ def _evaluate_items(
     limits: DecodeLimits,
     rc: RetrainConfig,
     out: Path,
+    model_cfg: ModelConfig,
     data: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``items`` with ``inferencer`` and write the report and plots to ``out``."""
-    x, y, kept = load(items, inferencer.input_size, limits)
-    scores = report.score(inferencer, x)
+    """Score ``items`` per frame, as the daemon would, and write the report and plots to ``out``."""
+    view = view_for(inferencer.meta, model_cfg.roi, model_cfg.tile, model_cfg.tile_overlap)
+    scores, y, kept, _ = score_frames(inferencer, items, limits, view)
     result = report.build_report(
         inferencer.version, inferencer.meta.threshold, y, scores, kept, rc.threshold_policy, rc.target_recall
     )
