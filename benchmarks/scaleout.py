@@ -115,7 +115,8 @@ def run(files: list[Path], tmp: Path, workers: int, claims: bool, port: int) -> 
             time.sleep(0.02)
         elapsed = time.monotonic() - started
         with engine.connect() as conn:
-            spread = dict(conn.execute(sa.text("SELECT station, count(*) FROM results GROUP BY station")).all())
+            query = sa.text("SELECT station, count(*) FROM results GROUP BY station")
+            spread: dict[str, int] = {str(k): int(v) for k, v in conn.execute(query).all()}
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -155,7 +156,8 @@ def main() -> None:
     for r in results:
         r["ratio_to_one_plain_worker"] = r["images_per_s"] / baseline
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"images": len(files), "cores": os.cpu_count(), "runs": results}, indent=2))
+    summary = {"images": len(files), "cores": os.cpu_count(), "runs": results}
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{len(files)} images, 1280x1024 PNG, {os.cpu_count()} cores, one PostgreSQL")
     print(f"  {'workers':<28}{'images/s':>10}{'ratio':>8}  files per worker")
     for r in results:

@@ -170,7 +170,7 @@ def test_three_workers_one_folder_one_killed(postgres_url: str, tmp_path: Path) 
         assert {r["stored_path"] for r in rows} == {str(p) for p in archived}
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM claims")).scalar() == 0
-            per_station = dict(
+            per_station: dict[str, int] = dict(
                 conn.execute(sa.text("SELECT station, count(*) FROM results GROUP BY station")).all()
             )
         assert sum(per_station.values()) == total
