@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspectd.infer import Inferencer, ModelLoadError
+from inspectd.infer import MAX_CHUNK, Inferencer, ModelLoadError, _chunks
 from inspectd.preprocess import preprocess
 from inspectd.registry import ModelRegistry, RegistryError, bundled_model_dir, read_meta
 from inspectd.synth import SynthSpec, generate
@@ -64,10 +64,21 @@ def test_bundled_model_tells_present_from_absent() -> None:
 def test_batched_and_single_scores_agree() -> None:
     inferencer = Inferencer.load(bundled_model_dir(), num_threads=1)
     rng = np.random.default_rng(5)
-    batch = np.stack([preprocess(generate(rng, SynthSpec()).image, inferencer.input_size) for _ in range(5)])
-    together = inferencer.scores(batch)  # padded to 8 internally
-    alone = np.array([inferencer.scores(batch[i : i + 1])[0] for i in range(5)])
-    assert np.allclose(together, alone, atol=1e-5)
+    images = [preprocess(generate(rng, SynthSpec()).image, inferencer.input_size) for _ in range(7)]
+    batch = np.stack(images * 10)  # 70 inputs: calls of 64, 4 and 2
+    together = inferencer.scores(batch)
+    alone = np.array([inferencer.scores(batch[i : i + 1])[0] for i in range(7)])
+    assert np.allclose(together, np.tile(alone, 10), atol=1e-5)
+    assert np.allclose(inferencer.scores(batch[:7]), alone, atol=1e-5)  # one call of 8, padded
+
+
+@pytest.mark.parametrize("n", [*range(1, 70), 143, 1000])
+def test_calls_cover_the_batch_with_little_padding(n: int) -> None:
+    calls = _chunks(n)
+    assert sum(take for take, _ in calls) == n
+    for take, size in calls:
+        assert size & (size - 1) == 0 and size <= MAX_CHUNK and take <= size
+        assert size - take <= size / 4
 
 
 def test_corrupt_model_file_is_refused(registry: ModelRegistry) -> None:
