@@ -62,8 +62,8 @@ def run(files: list[Path], tmp: Path, workers: int, claims: bool, port: int) -> 
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(
             f'[station]\nname = "s{i + 1}"\n'
-            f'[paths]\nincoming = "{shared}/incoming"\nprocessed = "{shared}/processed"\n'
-            f'quarantine = "{shared}/quarantine"\nmodels = "{shared}/models"\n'
+            f'[paths]\nincoming = "{shared}/var/incoming"\nprocessed = "{shared}/var/processed"\n'
+            f'quarantine = "{shared}/var/quarantine"\nmodels = "{shared}/var/models"\n'
             f'[database]\nurl = "{url}"\n[http]\nlisten = "127.0.0.1:{port + i}"\n'
             f"[cluster]\nshared_incoming = {'true' if claims else 'false'}\n"
             '[log]\nformat = "json"\nlevel = "warning"\n'
@@ -108,7 +108,7 @@ def run(files: list[Path], tmp: Path, workers: int, claims: bool, port: int) -> 
         while True:
             with engine.connect() as conn:
                 rows = int(conn.execute(sa.text("SELECT count(*) FROM results")).scalar_one())
-            if rows >= len(burst) and not any((shared / "incoming").iterdir()):
+            if rows >= len(burst) and not any((shared / "var" / "incoming").iterdir()):
                 break
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a worker exited; see {root}")
@@ -137,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--port", type=int, default=19308)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "scaleout.json")
     args = parser.parse_args()

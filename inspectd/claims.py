@@ -17,7 +17,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Connection, Engine, Float, cast, delete, extract, func, literal, or_, select
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    Float,
+    String,
+    cast,
+    delete,
+    extract,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -59,18 +74,36 @@ class ClaimBook:
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._now = db_now(dialect)
+        self._postgres = dialect == "postgresql"
 
     def claim(self, sha256: str, path: str) -> ClaimResult:
-        """Claim one image; raises SQLAlchemyError when the database cannot be reached."""
+        return self.claim_many({sha256: path})[sha256]
+
+    def claim_many(self, wanted: dict[str, str]) -> dict[str, ClaimResult]:
+        """Claim a batch of images ({hash: path}) in one transaction: one statement for those won (the
+        common case), a second look at the others (held by another worker, or already recorded).
+        Raises SQLAlchemyError when the database cannot be reached."""
+        if not wanted:
+            return {}
         now = self._now
-        statement = self._insert(Claim).values(
-            content_hash=sha256,
-            worker=self.worker,
-            station=self.station,
-            path=path,
-            claimed_at=now,
-            lease_until=now + literal(self.lease_s, Float),
-            taken_over=False,
+        rows = union_all(
+            *(
+                select(literal(h, String).label("h"), literal(p, String).label("p"))
+                for h, p in sorted(wanted.items())
+            )
+        ).subquery("wanted")
+        recorded = select(Result.id).where(Result.content_hash == rows.c.h).exists()
+        source = select(
+            rows.c.h,
+            literal(self.worker, String),
+            literal(self.station, String),
+            rows.c.p,
+            now,
+            now + literal(self.lease_s, Float),
+            literal(False, Boolean),
+        ).where(~recorded)
+        statement = self._insert(Claim).from_select(
+            ["content_hash", "worker", "station", "path", "claimed_at", "lease_until", "taken_over"], source
         )
         excluded = statement.excluded
         upsert = statement.on_conflict_do_update(
@@ -84,19 +117,30 @@ class ClaimBook:
                 "taken_over": Claim.worker != excluded.worker,
             },
             where=or_(Claim.worker == excluded.worker, Claim.lease_until < excluded.claimed_at),
-        ).returning(Claim.taken_over)
+        ).returning(Claim.content_hash, Claim.taken_over)
+        out: dict[str, ClaimResult] = {}
         with self.engine.begin() as conn:
-            if conn.execute(select(Result.id).where(Result.content_hash == sha256)).first() is not None:
+            if self._postgres:
+                # A claim is advisory (the unique content hash decides in the end): it need not wait for
+                # the WAL flush. Losing the last claims in a server crash costs a repeated decode at most.
+                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            for sha, taken_over in conn.execute(upsert):
+                out[sha] = ClaimResult(
+                    ClaimState.TAKEN_OVER if taken_over else ClaimState.CLAIMED, self.worker
+                )
+            lost = sorted(set(wanted) - set(out))
+            if lost:
                 # already recorded (by a worker that has not moved the file yet, or a copy of the same
                 # bytes): no claim needed, the known-row path of the pipeline finishes the file
-                return ClaimResult(ClaimState.KNOWN, self.worker)
-            won = conn.execute(upsert).first()
-            if won is None:
-                holder = conn.execute(
-                    select(Claim.worker).where(Claim.content_hash == sha256)
-                ).scalar_one_or_none()
-                return ClaimResult(ClaimState.HELD, holder or "?")
-        return ClaimResult(ClaimState.TAKEN_OVER if won.taken_over else ClaimState.CLAIMED, self.worker)
+                known = select(Result.content_hash).where(Result.content_hash.in_(lost))
+                for sha in conn.execute(known).scalars():
+                    out[sha] = ClaimResult(ClaimState.KNOWN, self.worker)
+                holders = select(Claim.content_hash, Claim.worker).where(Claim.content_hash.in_(lost))
+                for sha, worker in conn.execute(holders):
+                    out.setdefault(sha, ClaimResult(ClaimState.HELD, worker))
+        for sha in wanted:  # recorded and released between the two looks: nothing left to hold it
+            out.setdefault(sha, ClaimResult(ClaimState.HELD, "?"))
+        return out
 
     def release(self, conn: Connection, hashes: Iterable[str]) -> None:
         """Drop this worker's claims, inside the transaction that commits their results."""

@@ -66,14 +66,25 @@ class _Planned:
     known: KnownRow | None
 
 
+Stage = Decoded | Rejected | Vanished | Held
+
+
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """A batch whose files are being decoded in the pool."""
+    """A batch whose files are being decoded in the pool (on a shared folder: read, claimed as one batch,
+    then the claimed ones decoded; ``claimed`` yields their futures)."""
 
     batch: list[ReadyFile]
     view: View
-    futures: list[Future[Decoded | Rejected | Vanished | Held]]
+    futures: list[Future[Stage]]
     started: float
+    claimed: Future[list[Future[Stage]]] | None = None
+
+
+def _done(value: Stage) -> Future[Stage]:
+    future: Future[Stage] = Future()
+    future.set_result(value)
+    return future
 
 
 def _held_reason(item: Vanished | Held) -> str | None:
@@ -116,15 +127,21 @@ class Pipeline:
         self.retry_max_s = retry_max_s
         self.should_abort = should_abort
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim")
 
     def close(self) -> None:
+        self._claimer.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     def start(self, batch: list[ReadyFile]) -> InFlight:
         """Decode stage, in the background: the caller finishes the previous batch meanwhile."""
         view = self.view()
-        futures = [self._pool.submit(self._decode_one, ready, view) for ready in batch]
-        return InFlight(batch, view, futures, time.perf_counter())
+        if self.store.claims is None:
+            futures = [self._pool.submit(self._decode_one, ready, view) for ready in batch]
+            return InFlight(batch, view, futures, time.perf_counter())
+        loads = [self._pool.submit(self._load_one, ready) for ready in batch]
+        claimed = self._claimer.submit(self._claim_then_decode, loads, view)
+        return InFlight(batch, view, [], time.perf_counter(), claimed)
 
     def view(self) -> View:
         """How the active model looks at a frame: its input size, the ROI, its tiling."""
@@ -132,10 +149,10 @@ class Pipeline:
 
     def finish(self, flight: InFlight) -> list[Outcome]:
         """Wait for a batch's decoding, then infer, persist and archive it."""
-        decoded = [f.result() for f in flight.futures]
+        decoded = self._wait(flight)
         if flight.view != self.view():  # the model changed input size or tiling meanwhile
             flight = self.start(flight.batch)
-            decoded = [f.result() for f in flight.futures]
+            decoded = self._wait(flight)
         self.metrics.stage.labels("decode").observe(time.perf_counter() - flight.started)
         self.metrics.batch_size.observe(len(flight.batch))
 
@@ -183,51 +200,77 @@ class Pipeline:
         self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
         return outcomes
 
-    def _decode_one(self, ready: ReadyFile, view: View) -> Decoded | Rejected | Vanished | Held:
-        """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
+    @staticmethod
+    def _wait(flight: InFlight) -> list[Stage]:
+        futures = flight.claimed.result() if flight.claimed is not None else flight.futures
+        return [f.result() for f in futures]
+
+    def _decode_one(self, ready: ReadyFile, view: View) -> Stage:
+        loaded = self._load_one(ready)
+        return self._decode_loaded(loaded, view) if isinstance(loaded, Loaded) else loaded
+
+    def _load_one(self, ready: ReadyFile) -> Loaded | Rejected | Vanished:
         try:
-            loaded = load(ready, self.limits)
-            if isinstance(loaded, Vanished):
-                return loaded
-            held = self._claim(loaded)
-            if held is not None:
-                return held
-            return decode_loaded(loaded, self.limits, view) if isinstance(loaded, Loaded) else loaded
+            return load(ready, self.limits)
         except Exception as exc:
             log.exception("decode.internal_error", file=ready.path.name)
-            try:
-                st = ready.path.lstat()
-            except FileNotFoundError:
-                return Vanished(ready)
-            return Rejected(
-                ready,
-                identity_hash("internal", ready.path.name, st),
-                st.st_size,
-                "internal_error",
-                f"{type(exc).__name__}: {exc}",
-            )
+            return self._internal_error(ready, exc)
 
-    def _claim(self, item: Loaded | Rejected) -> Held | None:
-        """Shared folder only: None when this worker may go on with the file."""
-        claims = self.store.claims
-        if claims is None:
-            return None
+    def _decode_loaded(self, loaded: Loaded, view: View) -> Stage:
         try:
-            result = claims.claim(item.sha256, str(item.source.path))
+            return decode_loaded(loaded, self.limits, view)
+        except Exception as exc:
+            log.exception("decode.internal_error", file=loaded.source.path.name)
+            return self._internal_error(loaded.source, exc)
+
+    def _internal_error(self, ready: ReadyFile, exc: Exception) -> Rejected | Vanished:
+        """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
+        try:
+            st = ready.path.lstat()
+        except FileNotFoundError:
+            return Vanished(ready)
+        return Rejected(
+            ready,
+            identity_hash("internal", ready.path.name, st),
+            st.st_size,
+            "internal_error",
+            f"{type(exc).__name__}: {exc}",
+        )
+
+    def _claim_then_decode(
+        self, loads: list[Future[Loaded | Rejected | Vanished]], view: View
+    ) -> list[Future[Stage]]:
+        """Shared folder: claim the batch's files in one transaction; decode only those won."""
+        claims = self.store.claims
+        assert claims is not None
+        items = [f.result() for f in loads]
+        wanted = {i.sha256: str(i.source.path) for i in items if not isinstance(i, Vanished)}
+        try:
+            results = claims.claim_many(wanted)
         except SQLAlchemyError as exc:
-            self.metrics.claims.labels("unavailable").inc()
+            self.metrics.claims.labels("unavailable").inc(len(wanted))
             log.warning(
-                "claim.unavailable",
-                file=item.source.path.name,
-                error=str(exc.__cause__ or exc).splitlines()[0],
+                "claim.unavailable", files=len(wanted), error=str(exc.__cause__ or exc).splitlines()[0]
             )
-            return Held(item.source, item.sha256, None)
-        self.metrics.claims.labels(result.state.value).inc()
-        if result.state is ClaimState.HELD:
-            return Held(item.source, item.sha256, result.holder)
-        if result.state is ClaimState.TAKEN_OVER:
-            log.info("claim.taken_over", file=item.source.path.name, sha256=item.sha256)
-        return None
+            results = None
+        out: list[Future[Stage]] = []
+        for item in items:
+            if isinstance(item, Vanished):
+                out.append(_done(item))
+                continue
+            result = results[item.sha256] if results is not None else None
+            if result is not None:
+                self.metrics.claims.labels(result.state.value).inc()
+            if result is None or result.state is ClaimState.HELD:
+                out.append(_done(Held(item.source, item.sha256, result.holder if result else None)))
+                continue
+            if result.state is ClaimState.TAKEN_OVER:
+                log.info("claim.taken_over", file=item.source.path.name, sha256=item.sha256)
+            if isinstance(item, Loaded):
+                out.append(self._pool.submit(self._decode_loaded, item, view))
+            else:
+                out.append(_done(item))
+        return out
 
     def _classify(self, fresh: list[Decoded]) -> tuple[dict[str, Scored], dict[str, Rejected]]:
         """Score the batch in one call; if that fails, score image by image so one bad input is recorded

@@ -80,6 +80,15 @@ def test_claims_have_one_holder_and_expired_leases_are_taken_over(any_db: sa.Eng
     assert a.purge_stale() == 1
     with any_db.connect() as conn:
         assert conn.execute(sa.text("SELECT content_hash FROM claims")).scalars().all() == ["h1"]
+    # a batch in one transaction: won, held by another, already recorded
+    assert a.claim("h1", "/in/x.png").state is ClaimState.CLAIMED  # renewed: a fresh lease
+    many = b.claim_many({"h1": "/in/x.png", "h2": "/in/y.png", "h3": "/in/z.png"})
+    assert {h: r.state for h, r in many.items()} == {
+        "h1": ClaimState.HELD,
+        "h2": ClaimState.KNOWN,
+        "h3": ClaimState.CLAIMED,
+    }
+    assert many["h1"].holder == "a@host"
 
 
 @pytest.mark.postgres
