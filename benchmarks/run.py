@@ -268,7 +268,7 @@ def run_inspectd(files: list[Path], tmp: Path, port: int, steady_s: float) -> di
 
 
 def soak(files: list[Path], tmp: Path, port: int, total: int) -> dict[str, Any]:
-    """``total`` images in bursts of ``len(files)``; RSS after each; the archive is emptied between bursts
+    """``total`` images in bursts of ``len(files)``; RSS at rest after each; the archive is emptied between bursts
     (by the benchmark, not the daemon) so that the disk holds two bursts at most."""
     root = tmp / "soak"
     root.mkdir()
@@ -284,6 +284,7 @@ def soak(files: list[Path], tmp: Path, port: int, total: int) -> dict[str, Any]:
             wait_rows(daemon, done)
             while any((root / "var" / "incoming").iterdir()):
                 time.sleep(0.01)
+            time.sleep(1.0)  # RSS at rest after the burst
             samples.append(daemon.rss_mib()[0])
             shutil.rmtree(root / "var" / "processed", ignore_errors=True)
             print(f"soak: {done} images, RSS {samples[-1]:.0f} MiB", flush=True)

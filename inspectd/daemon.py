@@ -7,11 +7,14 @@ is unreachable, leaving its files untouched in incoming). SIGHUP asks for the ac
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -40,6 +43,24 @@ STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
 DB_PING_S = 5.0
 PURGE_CLAIMS_S = 300.0
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+MALLOC_TRIM = _libc_trim()
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS. After a burst glibc keeps them (decoded frames are large,
+    short-lived and freed from several threads), so RSS would creep from burst to burst."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 class StartupError(Exception):
@@ -239,6 +260,7 @@ class Daemon:
         next_purge = time.monotonic() + PURGE_CLAIMS_S
         next_status = next_model_poll = next_ping = time.monotonic()
         in_flight: InFlight | None = None  # decoding while the batch before it is finished
+        worked = False  # a batch finished since the queue last drained
         while not self.should_exit:
             self._beat()
             now = time.monotonic()
@@ -265,7 +287,11 @@ class Daemon:
             upcoming = self.pipeline.start(batch) if batch else None
             if in_flight is not None:
                 self._finish(in_flight)
+                worked = True
             in_flight = upcoming
+            if in_flight is None and worked:  # the queue has just drained
+                trim_heap()
+                worked = False
             if in_flight is None and now >= next_ping:  # idle: keep /readyz truthful about the database
                 self._ping_database()
                 next_ping = now + DB_PING_S
