@@ -268,8 +268,8 @@ def run_inspectd(files: list[Path], tmp: Path, port: int, steady_s: float) -> di
 
 
 def soak(files: list[Path], tmp: Path, port: int, total: int) -> dict[str, Any]:
-    """``total`` images in bursts of ``len(files)``; RSS at rest after each; the archive is emptied between bursts
-    (by the benchmark, not the daemon) so that the disk holds two bursts at most."""
+    """``total`` images in bursts of ``len(files)``; RSS at rest after each; the archive is emptied
+    between bursts (by the benchmark, not the daemon) so that the disk holds two bursts at most."""
     root = tmp / "soak"
     root.mkdir()
     daemon = Daemon(root, port)
