@@ -26,7 +26,7 @@ from inspectd.claims import ClaimBook
 from inspectd.config import EX_CONFIG, Config
 from inspectd.decode import DecodeLimits, install_pixel_limit
 from inspectd.httpserver import HttpServer
-from inspectd.infer import Inferencer, ModelLoadError
+from inspectd.infer import MAX_CHUNK, Inferencer, ModelLoadError
 from inspectd.metrics import Metrics
 from inspectd.notify import Notifier
 from inspectd.persist import Store
@@ -244,6 +244,8 @@ class Daemon:
         return inferencer
 
     def _set_model(self, inferencer: Inferencer) -> None:
+        tiled = self.config.model.tile is not None or inferencer.meta.tiling is not None
+        inferencer.warm(MAX_CHUNK if tiled else self.config.batch.max_size)
         self.health.model = True
         self.metrics.model_ok.set(1)
         self.metrics.model.info(

@@ -77,6 +77,14 @@ class Inferencer:
         inferencer.self_test(version_dir / SELFTEST_FILE)
         return inferencer
 
+    def warm(self, max_inputs: int) -> None:
+        """Create every call size a batch of up to ``max_inputs`` can use, now: memory is then steady from
+        the first batch, instead of stepping up the first time a rare size appears hours later."""
+        size = 1
+        while size <= min(MAX_CHUNK, 1 << max(0, (max_inputs - 1).bit_length())):
+            self._interpreter(size)
+            size *= 2
+
     def _interpreter(self, bucket: int) -> Interpreter:
         interpreter = self._interpreters.get(bucket)
         if interpreter is None:
