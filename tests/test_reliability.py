@@ -198,9 +198,8 @@ def test_flood_of_ten_thousand_files_with_inotify_overflow(
         peak_rss = start_rss
         while any(w.poll() is None for w in writers) or len(upgraded.rows()) < total:
             metrics = proc.get("/metrics")[1]
-            for line in metrics.splitlines():
-                if line.startswith(("inspectd_queue_depth_files ", "inspectd_incoming_pending_files ")):
-                    backlog_seen = max(backlog_seen, float(line.split()[1]))
+            for name in ("inspectd_queue_depth_files", "inspectd_incoming_pending_files"):
+                backlog_seen = max(backlog_seen, metric(metrics, name, station="station-1") or 0.0)
             peak_rss = max(peak_rss, rss_mib(proc.proc.pid))
             assert proc.proc.poll() is None
             time.sleep(0.5)
