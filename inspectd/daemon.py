@@ -43,6 +43,7 @@ STATUS_EVERY_S = 5.0
 MODEL_POLL_S = 2.0
 DB_PING_S = 5.0
 PURGE_CLAIMS_S = 300.0
+TRIM_AFTER_IDLE_S = 1.0
 
 
 def _libc_trim() -> Callable[[int], int] | None:
@@ -262,7 +263,8 @@ class Daemon:
         next_purge = time.monotonic() + PURGE_CLAIMS_S
         next_status = next_model_poll = next_ping = time.monotonic()
         in_flight: InFlight | None = None  # decoding while the batch before it is finished
-        worked = False  # a batch finished since the queue last drained
+        worked = False  # a batch finished since the heap was last trimmed
+        idle_since: float | None = None
         while not self.should_exit:
             self._beat()
             now = time.monotonic()
@@ -291,7 +293,11 @@ class Daemon:
                 self._finish(in_flight)
                 worked = True
             in_flight = upcoming
-            if in_flight is None and worked:  # the queue has just drained
+            if in_flight is not None:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif worked and now - idle_since >= TRIM_AFTER_IDLE_S:  # a burst is over, not a short gap
                 trim_heap()
                 worked = False
             if in_flight is None and now >= next_ping:  # idle: keep /readyz truthful about the database
