@@ -7,21 +7,18 @@ is unreachable, leaving its files untouched in incoming). SIGHUP asks for the ac
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from inspectd import __version__, activations, batcher, db, logs
+from inspectd import __version__, activations, batcher, db, logs, memory
 from inspectd.claims import ClaimBook
 from inspectd.config import EX_CONFIG, Config
 from inspectd.decode import DecodeLimits, install_pixel_limit
@@ -44,24 +41,6 @@ MODEL_POLL_S = 2.0
 DB_PING_S = 5.0
 PURGE_CLAIMS_S = 300.0
 TRIM_AFTER_IDLE_S = 1.0
-
-
-def _libc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-MALLOC_TRIM = _libc_trim()
-
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS. After a burst glibc keeps them (decoded frames are large,
-    short-lived and freed from several threads), so RSS would creep from burst to burst."""
-    if MALLOC_TRIM is not None:
-        MALLOC_TRIM(0)
 
 
 class StartupError(Exception):
@@ -136,6 +115,7 @@ class Daemon:
         for folder in (cfg.paths.incoming, cfg.paths.processed, cfg.paths.quarantine, cfg.paths.models):
             folder.mkdir(parents=True, exist_ok=True)
         install_pixel_limit(cfg.decode.max_pixels)
+        memory.fix_mmap_threshold()
         self.engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
         self._wait_for_schema(self.engine)
         inferencer = self._load_active_model()
@@ -298,7 +278,7 @@ class Daemon:
             elif idle_since is None:
                 idle_since = now
             elif worked and now - idle_since >= TRIM_AFTER_IDLE_S:  # a burst is over, not a short gap
-                trim_heap()
+                memory.trim()
                 worked = False
             if in_flight is None and now >= next_ping:  # idle: keep /readyz truthful about the database
                 self._ping_database()

@@ -301,3 +301,12 @@ def test_postgres_database(upgraded: Workspace, postgres_url: str) -> None:
     rows = upgraded.rows()
     assert len(rows) == 6 and sum(r["status"] == "error" for r in rows) == 1
     assert_accounted(upgraded, 7)
+
+
+def test_memory_settings_apply_on_glibc() -> None:
+    from inspectd import memory
+
+    if memory.LIBC is None:
+        pytest.skip("not glibc")
+    assert memory.fix_mmap_threshold() is True
+    memory.trim()
