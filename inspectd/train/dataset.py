@@ -10,10 +10,11 @@ training side) has never seen the holdout it is compared on.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 
 import cv2
@@ -112,36 +113,44 @@ def load(
     """Whole-frame inputs (one per image), exactly as the daemon makes them; unreadable ones are left out."""
     if view.tile is not None:
         raise ValueError("load() gives one input per image; tiled views go through inspectd.train.tiled")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(lambda item: decode_item(item, view, limits), items))
-    kept = [(d, item) for d, item in zip(decoded, items, strict=True) if d is not None]
+    kept = list(decoded_items(items, view, limits, 64, workers))
     size = view.input_size
     x = np.stack([d.tiles[0] for d, _ in kept]) if kept else np.zeros((0, *size, 1), np.float32)
     y = np.array([item.label for _, item in kept], dtype=np.int_)
     return x, y, [item for _, item in kept]
 
 
-def score_frames(
-    inferencer: Inferencer,
-    items: Sequence[Labeled],
-    limits: DecodeLimits,
-    view: View,
-    chunk: int = 16,
-    workers: int = 4,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], list[Labeled], list[Box | None]]:
-    """Per-frame scores from a registry version, decided as the daemon decides (tiles and all), a chunk
-    of frames at a time so that tiled frames never all sit in memory."""
-    scores: list[float] = []
-    kept: list[Labeled] = []
-    boxes: list[Box | None] = []
+def decoded_items(
+    items: Sequence[Labeled], view: View, limits: DecodeLimits, chunk: int = 16, workers: int = 4
+) -> Iterator[tuple[Decoded, Labeled]]:
+    """Labeled images through the daemon's decode stage, in order, decoded a chunk at a time in a thread
+    pool, so that tiled frames never all sit in memory; unusable images are left out."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
-            decoded = list(pool.map(lambda item: decode_item(item, view, limits), part))
-            good = [(d, i) for d, i in zip(decoded, part, strict=True) if d is not None]
-            for scored, (_, item) in zip(inferencer.classify([d for d, _ in good]), good, strict=True):
+            for decoded, item in zip(
+                pool.map(lambda i: decode_item(i, view, limits), part), part, strict=True
+            ):
+                if decoded is not None:
+                    yield decoded, item
+
+
+def score_frames(
+    inferencer: Inferencer, items: Sequence[Labeled], limits: DecodeLimits, view: View
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], list[Labeled], list[Box | None]]:
+    """Per-frame scores from a registry version, decided as the daemon decides (tiles and all)."""
+    scores: list[float] = []
+    kept: list[Labeled] = []
+    boxes: list[Box | None] = []
+    batch: list[tuple[Decoded, Labeled]] = []
+    for pair in chain(decoded_items(items, view, limits), [None]):  # None: flush the last batch
+        if pair is not None:
+            batch.append(pair)
+        if batch and (pair is None or len(batch) == 16):
+            for scored, (_, item) in zip(inferencer.classify([d for d, _ in batch]), batch, strict=True):
                 scores.append(scored.score)
                 kept.append(item)
                 boxes.append(scored.box)
+            batch = []
     y = np.array([item.label for item in kept], dtype=np.int_)
     return np.array(scores, np.float32), y, kept, boxes

@@ -15,7 +15,6 @@ frame), since the daemon decides per frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from inspectd.labels import Labeled
 from inspectd.records import Decoded
 from inspectd.tiles import View
 from inspectd.train import report
-from inspectd.train.dataset import NotEnoughLabels, decode_item
+from inspectd.train.dataset import NotEnoughLabels, decoded_items
 from inspectd.train.evaluate import platt
 
 log = logs.get("inspectd.train.tiled")
@@ -77,21 +76,14 @@ def tile_examples(
     xs: list[npt.NDArray[np.float32]] = []
     ys: list[int] = []
     unboxed: list[Labeled] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(items), 32):
-            part = items[start : start + 32]
-            for decoded, item in zip(
-                pool.map(lambda i: decode_item(i, view, limits), part), part, strict=True
-            ):
-                if decoded is None:
-                    continue
-                if item.label == 1 and item.box is None:
-                    unboxed.append(item)
-                    continue
-                positives, negatives = _select(decoded, item, NEGATIVES_PER_FRAME, rng)
-                for index, label in [(i, 1) for i in positives] + [(i, 0) for i in negatives]:
-                    xs.append(decoded.tiles[index])
-                    ys.append(label)
+    for decoded, item in decoded_items(items, view, limits, 32, workers):
+        if item.label == 1 and item.box is None:
+            unboxed.append(item)
+            continue
+        positives, negatives = _select(decoded, item, NEGATIVES_PER_FRAME, rng)
+        for index, label in [(i, 1) for i in positives] + [(i, 0) for i in negatives]:
+            xs.append(decoded.tiles[index])
+            ys.append(label)
     x = np.stack(xs) if xs else np.zeros((0, *view.input_size, 1), np.float32)
     return x, np.array(ys, np.int_), unboxed
 
@@ -103,19 +95,12 @@ def frame_logits(
     best_logit: list[float] = []
     labels: list[int] = []
     best_tile: list[npt.NDArray[np.float32]] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(items), 8):
-            part = items[start : start + 8]
-            for decoded, item in zip(
-                pool.map(lambda i: decode_item(i, view, limits), part), part, strict=True
-            ):
-                if decoded is None:
-                    continue
-                logits = np.asarray(model.predict(decoded.tiles, batch_size=256, verbose=0)).reshape(-1)
-                best = int(np.argmax(logits))
-                best_logit.append(float(logits[best]))
-                labels.append(item.label)
-                best_tile.append(decoded.tiles[best])
+    for decoded, item in decoded_items(items, view, limits, 8, workers):
+        logits = np.asarray(model.predict(decoded.tiles, batch_size=256, verbose=0)).reshape(-1)
+        best = int(np.argmax(logits))
+        best_logit.append(float(logits[best]))
+        labels.append(item.label)
+        best_tile.append(decoded.tiles[best])
     tiles = np.stack(best_tile) if best_tile else np.zeros((0, *view.input_size, 1), np.float32)
     return np.array(best_logit, np.float32), np.array(labels, np.int_), tiles
 
