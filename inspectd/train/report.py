@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inspectd.infer import Inferencer
 from inspectd.labels import Labeled
 from inspectd.train.evaluate import binary_metrics
 
@@ -29,11 +28,6 @@ def choose_threshold(
         return float(max(reaching)) if reaching else float(thresholds.min())
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
     return float(thresholds[int(np.argmax(f1))])
-
-
-def score(inferencer: Inferencer, x: npt.NDArray[np.float32], batch: int = 64) -> npt.NDArray[np.float32]:
-    parts = [inferencer.scores(x[i : i + batch]) for i in range(0, len(x), batch)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def build_report(
