@@ -182,7 +182,7 @@ class Daemon:
                 self.metrics.db_up.set(0)
                 log.error(
                     "startup.db_unavailable",
-                    error=str(exc.__cause__ or exc).splitlines()[0],
+                    error=db.brief(exc),
                     retry_in_s=delay,
                 )
                 self.notifier.status("waiting for the database")
@@ -195,7 +195,7 @@ class Daemon:
         try:
             purged = claims.purge_stale()
         except SQLAlchemyError as exc:
-            log.warning("claims.purge_failed", error=str(exc.__cause__ or exc).splitlines()[0])
+            log.warning("claims.purge_failed", error=db.brief(exc))
             return
         if purged:
             log.info("claims.purged", claims=purged)
@@ -314,7 +314,7 @@ class Daemon:
             self.pipeline.store.ping()
         except SQLAlchemyError as exc:
             if self.health.database:
-                log.error("db.unavailable", error=str(exc.__cause__ or exc).splitlines()[0], state="idle")
+                log.error("db.unavailable", error=db.brief(exc), state="idle")
             self.health.database = False
             self.metrics.db_up.set(0)
             return
@@ -350,7 +350,7 @@ class Daemon:
         try:
             wanted = self._wanted_version()
         except SQLAlchemyError as exc:
-            log.warning("model.poll_failed", error=str(exc.__cause__ or exc).splitlines()[0])
+            log.warning("model.poll_failed", error=db.brief(exc))
             return
         if forced or wanted.version != self._model_pointer:
             self.reload_model(wanted)

@@ -182,6 +182,12 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+def brief(exc: BaseException) -> str:
+    """A database error in one line for the log: the driver's own message, without SQLAlchemy's
+    statement and parameter dump."""
+    return str(exc.__cause__ or exc).splitlines()[0]
+
+
 class SchemaMismatch(Exception):
     """The database is not at the revision this version of inspectd was built for."""
 

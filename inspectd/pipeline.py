@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from inspectd import archive, logs
+from inspectd import archive, db, logs
 from inspectd.claims import ClaimState
 from inspectd.decode import DecodeLimits, decode_loaded, identity_hash, load
 from inspectd.infer import Inferencer
@@ -249,9 +249,7 @@ class Pipeline:
             results = claims.claim_many(wanted)
         except SQLAlchemyError as exc:
             self.metrics.claims.labels("unavailable").inc(len(wanted))
-            log.warning(
-                "claim.unavailable", files=len(wanted), error=str(exc.__cause__ or exc).splitlines()[0]
-            )
+            log.warning("claim.unavailable", files=len(wanted), error=db.brief(exc))
             results = None
         out: list[Future[Stage]] = []
         for item in items:
@@ -440,7 +438,7 @@ class Pipeline:
                 self.metrics.db_up.set(0)
                 log.error(
                     "db.unavailable",
-                    error=str(exc.__cause__ or exc).splitlines()[0],
+                    error=db.brief(exc),
                     retry_in_s=round(delay, 2),
                 )
                 if self.should_abort():
