@@ -68,7 +68,7 @@ def explain(
     if gray.dtype != np.uint8:
         gray = cv2.convertScaleAbs(gray, alpha=255.0 / float(max(1, int(gray.max()))))
     tile_scores = inferencer.scores(decoded.tiles)
-    [scored] = inferencer.classify([decoded], threshold)
+    scored = inferencer.decide(decoded, tile_scores, threshold)
     heat = heatmap(decoded.width, decoded.height, decoded.boxes, tile_scores)
     picture = _draw(
         gray, heat, decoded, scored.score, scored.verdict.value, scored.threshold, scored.box, roi

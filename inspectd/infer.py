@@ -142,23 +142,32 @@ class Inferencer:
     def classify(
         self, images: list[Decoded], threshold: float | None = None, reduce: str = "max"
     ) -> list[Scored]:
-        """One call for every tile of every image; an image's score is its best tile's (``max``) or the
-        mean of its best two (``top2_mean``, less swayed by one noisy tile); the best tile is its box."""
+        """One call for every tile of every image, then each image's verdict (``decide``)."""
         if not images:
             return []
-        cut = self.meta.threshold if threshold is None else threshold
         tiles = images[0].tiles if len(images) == 1 else np.concatenate([i.tiles for i in images])
         scores = self.scores(tiles)
         out: list[Scored] = []
         start = 0
         for image in images:
-            own = scores[start : start + len(image.tiles)]
+            out.append(self.decide(image, scores[start : start + len(image.tiles)], threshold, reduce))
             start += len(image.tiles)
-            best = int(np.argmax(own))
-            score = float(own[best])
-            if reduce == "top2_mean" and len(own) > 1:
-                score = float(np.mean(np.partition(own, -2)[-2:]))
-            box = image.boxes[best] if len(image.boxes) > 1 else None
-            verdict = Verdict.PRESENT if score >= cut else Verdict.ABSENT
-            out.append(Scored(image, score, verdict, self.version, cut, box))
         return out
+
+    def decide(
+        self,
+        image: Decoded,
+        tile_scores: npt.NDArray[np.float32],
+        threshold: float | None = None,
+        reduce: str = "max",
+    ) -> Scored:
+        """An image's score from its tiles' scores: the best tile's (``max``) or the mean of the best two
+        (``top2_mean``, less swayed by one noisy tile); the best tile is its box."""
+        cut = self.meta.threshold if threshold is None else threshold
+        best = int(np.argmax(tile_scores))
+        score = float(tile_scores[best])
+        if reduce == "top2_mean" and len(tile_scores) > 1:
+            score = float(np.mean(np.partition(tile_scores, -2)[-2:]))
+        box = image.boxes[best] if len(image.boxes) > 1 else None
+        verdict = Verdict.PRESENT if score >= cut else Verdict.ABSENT
+        return Scored(image, score, verdict, self.version, cut, box)
