@@ -402,7 +402,15 @@ def review(obj: _Obj, limit: int, confident: int, fmt: str, explain_dir: Path | 
             out = explain_dir / f"{row['id']}-{Path(row['stored_path']).stem}.explain.png"
             try:
                 view = view_for(inferencer.meta, cfg.model.roi, cfg.model.tile, cfg.model.tile_overlap)
-                explain(Path(row["stored_path"]), inferencer, limits, view, out, cfg.model.threshold)
+                explain(
+                    Path(row["stored_path"]),
+                    inferencer,
+                    limits,
+                    view,
+                    out,
+                    cfg.model.threshold,
+                    cfg.model.tile_reduce,
+                )
                 row["explain"] = str(out)
             except ExplainError as exc:
                 row["explain"] = None
@@ -459,7 +467,9 @@ def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> Non
     inferencer = _station_model(obj, version)
     view = view_for(inferencer.meta, cfg.model.roi, cfg.model.tile, cfg.model.tile_overlap)
     try:
-        result = run_explain(file, inferencer, _limits(cfg), view, target, cfg.model.threshold)
+        result = run_explain(
+            file, inferencer, _limits(cfg), view, target, cfg.model.threshold, cfg.model.tile_reduce
+        )
     except ExplainError as exc:
         raise click.ClickException(str(exc)) from None
     box = "-" if result.box is None else "{},{} {}x{}".format(*result.box)

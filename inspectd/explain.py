@@ -55,6 +55,7 @@ def explain(
     view: View,
     out: Path,
     threshold: float | None = None,
+    reduce: str = "max",
 ) -> Explanation:
     roi = view.roi
     decoded = decode(ReadyFile(path, 0.0, datetime.now(UTC)), limits, view)
@@ -68,7 +69,7 @@ def explain(
     if gray.dtype != np.uint8:
         gray = cv2.convertScaleAbs(gray, alpha=255.0 / float(max(1, int(gray.max()))))
     tile_scores = inferencer.scores(decoded.tiles)
-    scored = inferencer.decide(decoded, tile_scores, threshold)
+    scored = inferencer.decide(decoded, tile_scores, threshold, reduce)
     heat = heatmap(decoded.width, decoded.height, decoded.boxes, tile_scores)
     picture = _draw(
         gray, heat, decoded, scored.score, scored.verdict.value, scored.threshold, scored.box, roi

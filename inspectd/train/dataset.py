@@ -136,7 +136,7 @@ def decoded_items(
 
 
 def score_frames(
-    inferencer: Inferencer, items: Sequence[Labeled], limits: DecodeLimits, view: View
+    inferencer: Inferencer, items: Sequence[Labeled], limits: DecodeLimits, view: View, reduce: str = "max"
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], list[Labeled], list[Box | None]]:
     """Per-frame scores from a registry version, decided as the daemon decides (tiles and all)."""
     scores: list[float] = []
@@ -147,7 +147,9 @@ def score_frames(
         if pair is not None:
             batch.append(pair)
         if batch and (pair is None or len(batch) == 16):
-            for scored, (_, item) in zip(inferencer.classify([d for d, _ in batch]), batch, strict=True):
+            for scored, (_, item) in zip(
+                inferencer.classify([d for d, _ in batch], reduce=reduce), batch, strict=True
+            ):
                 scores.append(scored.score)
                 kept.append(item)
                 boxes.append(scored.box)

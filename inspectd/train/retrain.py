@@ -355,7 +355,7 @@ def _evaluate_items(
 ) -> dict[str, Any]:
     """Score ``items`` per frame, as the daemon would, and write the report and plots to ``out``."""
     view = view_for(inferencer.meta, model_cfg.roi, model_cfg.tile, model_cfg.tile_overlap)
-    scores, y, kept, _ = score_frames(inferencer, items, limits, view)
+    scores, y, kept, _ = score_frames(inferencer, items, limits, view, model_cfg.tile_reduce)
     result = report.build_report(
         inferencer.version, inferencer.meta.threshold, y, scores, kept, rc.threshold_policy, rc.target_recall
     )
