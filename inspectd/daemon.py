@@ -31,6 +31,7 @@ from inspectd.pipeline import CLAIM_UNAVAILABLE, Aborted, Destinations, InFlight
 from inspectd.readiness import Readiness
 from inspectd.records import Disposition, Outcome
 from inspectd.registry import ModelRegistry, RegistryError
+from inspectd.tiles import view_for
 from inspectd.watcher import start_observer
 
 log = logs.get("inspectd.daemon")
@@ -225,7 +226,8 @@ class Daemon:
         return inferencer
 
     def _set_model(self, inferencer: Inferencer) -> None:
-        tiled = self.config.model.tile is not None or inferencer.meta.tiling is not None
+        model = self.config.model
+        tiled = view_for(inferencer.meta, model.roi, model.tile, model.tile_overlap).tile is not None
         inferencer.warm(MAX_CHUNK if tiled else self.config.batch.max_size)
         self.health.model = True
         self.metrics.model_ok.set(1)

@@ -93,9 +93,14 @@ def cut(image: npt.NDArray[Any], boxes: list[Box], size: tuple[int, int]) -> npt
     return out
 
 
-def overlap_ratio(a: Box, b: Box) -> float:
-    """Intersection over the smaller box's area (a found tile "hits" a mark it contains)."""
+def intersection(a: Box, b: Box) -> int:
+    """Pixels the two boxes share."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy
+
+
+def overlap_ratio(a: Box, b: Box) -> float:
+    """Intersection over the smaller box's area (a found tile "hits" a mark it contains)."""
     smaller = min(a[2] * a[3], b[2] * b[3])
-    return (ix * iy) / smaller if smaller else 0.0
+    return intersection(a, b) / smaller if smaller else 0.0

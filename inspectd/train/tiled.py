@@ -27,7 +27,7 @@ from inspectd.decode import DecodeLimits
 from inspectd.infer import sigmoid
 from inspectd.labels import Labeled
 from inspectd.records import Decoded
-from inspectd.tiles import View
+from inspectd.tiles import View, intersection
 from inspectd.train import report
 from inspectd.train.dataset import NotEnoughLabels, decoded_items
 from inspectd.train.evaluate import platt
@@ -48,24 +48,14 @@ def _select(
         return [], sorted(rng.choice(n, size=min(negatives, n), replace=False).tolist())
     if item.box is None:
         return [], []
-    inside = [_intersection(tile, item.box) for tile in decoded.boxes]
-    need = POSITIVE_COVER * _area(item.box)
+    inside = [intersection(tile, item.box) for tile in decoded.boxes]
+    need = POSITIVE_COVER * item.box[2] * item.box[3]
     positives = [i for i, v in enumerate(inside) if v >= need] or [int(np.argmax(inside))]
     clear = [i for i, v in enumerate(inside) if v == 0]
     picked: list[int] = (
         rng.choice(len(clear), size=min(negatives // 2, len(clear)), replace=False).tolist() if clear else []
     )
     return positives, sorted(clear[i] for i in picked)
-
-
-def _area(box: tuple[int, int, int, int]) -> int:
-    return box[2] * box[3]
-
-
-def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy
 
 
 def tile_examples(
