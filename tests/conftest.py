@@ -42,6 +42,26 @@ def png_bytes(
     return bytes(buf.tobytes())
 
 
+WRITER = """
+import os, sys, numpy as np, cv2
+folder, count, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(seed)
+for i in range(count):
+    image = rng.integers(0, 255, (48, 64), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", image)
+    tmp = os.path.join(folder, f".f{seed}-{i:05d}.png.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.tobytes())
+    os.rename(tmp, os.path.join(folder, f"f{seed}-{i:05d}.png"))
+"""
+
+
+def write_burst(folder: Path, count: int, seed: int) -> subprocess.Popen[bytes]:
+    """A real writer process dropping ``count`` small, distinct PNGs (temporary name, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(count), str(seed)])
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,21 +21,7 @@ import sqlalchemy as sa
 from inspectd import db
 from inspectd.claims import ClaimBook, ClaimState
 from inspectd.persist import Store
-from tests.conftest import DaemonProcess, Workspace, free_port, metric, png_bytes, wait_until
-
-WRITER = """
-import os, sys
-import cv2, numpy as np
-folder, count = sys.argv[1], int(sys.argv[2])
-rng = np.random.default_rng(7)
-for i in range(count):
-    image = rng.integers(0, 256, (48, 64), dtype=np.uint8)
-    ok, buf = cv2.imencode(".png", image)
-    tmp = os.path.join(folder, f".f{i:05d}.png.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.tobytes())
-    os.rename(tmp, os.path.join(folder, f"f{i:05d}.png"))
-"""
+from tests.conftest import DaemonProcess, Workspace, free_port, metric, png_bytes, wait_until, write_burst
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -158,7 +144,7 @@ def test_three_workers_one_folder_one_killed(postgres_url: str, tmp_path: Path) 
     try:
         for proc in procs:
             proc.wait_ready()
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(shared / "incoming"), str(total)])
+        writer = write_burst(shared / "incoming", total, 7)
 
         def committed() -> int:
             with engine.connect() as conn:
@@ -172,10 +158,10 @@ def test_three_workers_one_folder_one_killed(postgres_url: str, tmp_path: Path) 
 
         rows = stations[0].rows()
         assert len(rows) == total and len({r["content_hash"] for r in rows}) == total
-        assert sorted(r["original_name"] for r in rows) == [f"f{i:05d}.png" for i in range(total)]
+        assert sorted(r["original_name"] for r in rows) == [f"f7-{i:05d}.png" for i in range(total)]
         assert all(r["status"] == "ok" for r in rows)
         archived = [p for p in (shared / "processed").rglob("*.png")]
-        assert sorted(p.name for p in archived) == [f"f{i:05d}.png" for i in range(total)]
+        assert sorted(p.name for p in archived) == [f"f7-{i:05d}.png" for i in range(total)]
         assert {r["stored_path"] for r in rows} == {str(p) for p in archived}
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM claims")).scalar() == 0
