@@ -140,6 +140,21 @@ def runtimes(batch: int = 32, repeats: int = 20) -> dict[str, float]:
     return out
 
 
+def wait_ready(port: int, timeout: float | None = None) -> None:
+    """Until the daemon on ``port`` answers /readyz with 200 (RuntimeError after ``timeout`` seconds)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while it starts
+            pass
+        if deadline is not None and time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon on port {port} is not ready after {timeout} s")
+        time.sleep(0.02)
+
+
 class Daemon:
     def __init__(self, root: Path, port: int) -> None:
         self.root = root
@@ -160,13 +175,7 @@ class Daemon:
             stderr=self.log,
         )
         self.engine = sa.create_engine(f"sqlite:///{root / 'var' / 'inspectd.db'}")
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.02)
+        wait_ready(port)
         self.startup_s = time.monotonic() - self.started
 
     def rows(self) -> int:

@@ -20,14 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks.run import ROOT, stage, workload
+from benchmarks.run import ROOT, stage, wait_ready, workload
 
 
 def pg_admin_url(database: str) -> str:
@@ -91,16 +90,7 @@ def run(files: list[Path], tmp: Path, workers: int, claims: bool, port: int) -> 
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         for i in range(workers):
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port + i}/readyz", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"worker {i + 1} not ready; see {root}") from None
-                    time.sleep(0.05)
+            wait_ready(port + i, timeout=60)
         burst = stage(files, shared / "staging", "burst")
         started = time.monotonic()
         for staged, target in burst:
