@@ -3,12 +3,14 @@
 Workload: N generated 1280x1024 8-bit grayscale PNGs, about half with the mark (cached under
 bench-results/cache/). Measured in one run, on the same files:
 
-  ceiling    decode + resize of the files alone, on all cores (a thread per core; OpenCV drops the GIL)
+  ceiling    decode + resize of the files alone, on all cores (a thread per core; OpenCV drops the GIL),
+             measured before and after each burst (the machine's speed drifts between minutes)
   naive      the tutorial script: cv2.imread, model.predict on one image, one SQLAlchemy commit per row
              (on a subset: it is slow; the same architecture as the bundled model, whose weights do not
              change its cost)
-  inspectd   the real daemon (default config, SQLite, bundled model): a burst of N files dropped at once,
-             files dropped -> rows committed, archive moves included; then a steady rate at half that
+  inspectd   the real daemon (default config, SQLite, bundled model): --rounds bursts of N files dropped
+             at once, files dropped -> rows committed, archive moves included, each compared with the
+             ceilings measured around it (the median round is reported); then a steady rate at half that
              throughput for latency percentiles (file ready -> row committed, the daemon's own clock);
              one image alone; start-up to ready; peak and steady RSS
   runtimes   inference cost per image of the bundled network: LiteRT (what the daemon runs) against a
@@ -230,22 +232,49 @@ def stage(files: list[Path], folder: Path, prefix: str) -> list[tuple[Path, Path
     return pairs
 
 
-def run_inspectd(files: list[Path], tmp: Path, port: int, steady_s: float) -> dict[str, Any]:
+def burst(daemon: Daemon, files: list[Path], prefix: str) -> float:
+    """All ``files`` renamed into incoming at once: images/s from the first rename until every row is
+    committed and incoming is empty (archive moves included). The archive is emptied afterwards."""
+    root = daemon.root
+    pairs = stage(files, root / "staging", prefix)
+    before = daemon.rows()
+    started = time.monotonic()
+    for staged, target in pairs:
+        staged.rename(target)
+    wait_rows(daemon, before + len(pairs))
+    while any((root / "var" / "incoming").iterdir()):
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    shutil.rmtree(root / "var" / "processed", ignore_errors=True)
+    return len(pairs) / elapsed
+
+
+def run_inspectd(
+    files: list[Path], tmp: Path, port: int, steady_s: float, size: tuple[int, int], rounds: int
+) -> dict[str, Any]:
+    """Bursts alternate with ceiling runs (ceiling, burst, ceiling, burst, ..., ceiling) so that each
+    burst is compared with the ceiling measured just before and just after it: the machine's speed
+    drifts between minutes. The daemon sits idle during the ceiling runs."""
     root = tmp / "daemon"
     root.mkdir()
     daemon = Daemon(root, port)
     result: dict[str, Any] = {"startup_s": daemon.startup_s}
     try:
-        burst = stage(files, root / "staging", "burst")
-        started = time.monotonic()
-        for staged, target in burst:
-            staged.rename(target)
-        wait_rows(daemon, len(burst))
-        while any((root / "var" / "incoming").iterdir()):  # archive moves included
-            time.sleep(0.01)
-        elapsed = time.monotonic() - started
-        result["burst_images_per_s"] = len(burst) / elapsed
-        result["rss_after_burst_mib"], result["peak_rss_mib"] = daemon.rss_mib()
+        ceilings = [ceiling(files, size)]
+        bursts: list[float] = []
+        for r in range(rounds):
+            bursts.append(burst(daemon, files, f"burst{r}"))
+            result["rss_after_burst_mib"], result["peak_rss_mib"] = daemon.rss_mib()
+            ceilings.append(ceiling(files, size))
+            print(
+                f"round {r + 1}: ceiling {ceilings[-2]:.1f}, inspectd {bursts[-1]:.1f}, "
+                f"ceiling {ceilings[-1]:.1f} images/s",
+                flush=True,
+            )
+        result["ceiling_runs_images_per_s"] = ceilings
+        result["burst_runs_images_per_s"] = bursts
+        result["round_ratios"] = [b / ((ceilings[i] + ceilings[i + 1]) / 2) for i, b in enumerate(bursts)]
+        result["burst_images_per_s"] = statistics.median(bursts)
 
         rate = result["burst_images_per_s"] / 2
         count = max(20, int(rate * steady_s))
@@ -311,6 +340,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="bursts, each between two ceiling runs")
     parser.add_argument("--naive-images", type=int, default=200)
     parser.add_argument("--steady-seconds", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=19208)
@@ -325,13 +355,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="inspectd-bench-") as tmp_name:
         tmp = Path(tmp_name)
         list(ThreadPoolExecutor(4).map(lambda p: p.read_bytes(), files))  # page cache warm for everyone
-        before = ceiling(files, size)
-        results["inspectd"] = run_inspectd(files, tmp, args.port, args.steady_seconds)
-        print(f"inspectd: {json.dumps(results['inspectd'])}", flush=True)
-        after = ceiling(files, size)  # the machine's speed drifts: measure on both sides, use the mean
-        results["ceiling_runs_images_per_s"] = [before, after]
-        results["ceiling_images_per_s"] = (before + after) / 2
-        print(f"ceiling: {before:.1f} before, {after:.1f} after", flush=True)
+        ours = results["inspectd"] = run_inspectd(
+            files, tmp, args.port, args.steady_seconds, size, args.rounds
+        )
+        print(f"inspectd: {json.dumps(ours)}", flush=True)
+        results["ceiling_images_per_s"] = statistics.median(ours["ceiling_runs_images_per_s"])
         results["naive_images_per_s"] = naive(files[: args.naive_images], tmp)
         print(f"naive: {results['naive_images_per_s']:.1f} images/s", flush=True)
         results["runtimes_ms_per_image"] = runtimes()
@@ -341,7 +369,8 @@ def main() -> None:
     ours = results["inspectd"]["burst_images_per_s"]
     fastest = min(results["runtimes_ms_per_image"].values())
     results["ratios"] = {
-        "inspectd_over_ceiling": ours / results["ceiling_images_per_s"],
+        # each burst against the mean of the ceilings measured just before and after it; the median round
+        "inspectd_over_ceiling": statistics.median(results["inspectd"]["round_ratios"]),
         "inspectd_over_naive": ours / results["naive_images_per_s"],
         "litert_over_fastest_runtime": results["runtimes_ms_per_image"]["litert"] / fastest,
     }
@@ -353,11 +382,21 @@ def main() -> None:
 
 def report(r: dict[str, Any]) -> None:
     d = r["inspectd"]
+    runs = " / ".join(f"{v:.0f}" for v in d["ceiling_runs_images_per_s"])
+    rounds = " / ".join(f"{v:.2f}" for v in d["round_ratios"])
     rows = [
-        ("ceiling: decode + resize only, all cores (mean of 2)", f"{r['ceiling_images_per_s']:.1f} images/s"),
+        (
+            "ceiling: decode + resize only, all cores (median)",
+            f"{r['ceiling_images_per_s']:.1f} images/s ({runs})",
+        ),
         ("naive: imread + predict + commit per image", f"{r['naive_images_per_s']:.1f} images/s"),
-        ("inspectd: burst, dropped -> committed + moved", f"{d['burst_images_per_s']:.1f} images/s"),
-        ("inspectd / ceiling", f"{r['ratios']['inspectd_over_ceiling']:.2f}"),
+        (
+            "inspectd: burst, dropped -> committed + moved (median)",
+            f"{d['burst_images_per_s']:.1f} images/s ("
+            + " / ".join(f"{v:.0f}" for v in d["burst_runs_images_per_s"])
+            + ")",
+        ),
+        ("inspectd / ceiling (median round)", f"{r['ratios']['inspectd_over_ceiling']:.2f} ({rounds})"),
         ("inspectd / naive", f"{r['ratios']['inspectd_over_naive']:.1f}x"),
         (
             f"latency at {d['steady_rate_per_s']:.0f}/s (half max): p50 / p95 / p99",

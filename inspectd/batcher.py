@@ -1,28 +1,35 @@
-"""Batch stage: gathers ready files into micro-batches.
+"""Batch stage: gathers decoded files into micro-batches for one inference call.
 
-A batch closes when it is full or when its oldest file has waited ``max_wait_s``; a file that has already
-waited (while the previous batch ran) closes its batch at once, so a lone image is never held back.
+A batch closes when it is full or when its oldest file has waited ``max_wait_s`` since it was ready; a file
+that has already waited (while it was decoded, or while the previous batch ran) closes its batch at once,
+so a lone image is never held back. Files already decoded and queued always join the batch.
+
+Under a backlog (ready files no decode worker has taken yet) a batch fills up instead: the decoders are
+the bottleneck then, and fewer, fuller batches leave them more of the CPU than many small ones would
+(each batch costs an inference call, two queries and a commit on the pipeline thread).
 """
 
 from __future__ import annotations
 
 import time
 
-from inspectd.readiness import Readiness
-from inspectd.records import ReadyFile
+from inspectd.intake import Intake, Prepared
+
+BEHIND_WAIT_S = 0.1  # under a backlog, how long to wait for the next decoded file before closing anyway
 
 
-def collect(readiness: Readiness, max_size: int, max_wait_s: float, timeout: float) -> list[ReadyFile]:
-    batch = readiness.take(max_size, timeout)
-    if not batch:
-        return batch
-    deadline = batch[0].ready_at + max_wait_s
+def collect(intake: Intake, max_size: int, max_wait_s: float, timeout: float) -> list[Prepared]:
+    first = intake.get(timeout)
+    if first is None:
+        return []
+    batch = [first]
+    deadline = first.item.source.ready_at + max_wait_s
     while len(batch) < max_size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        wait = deadline - time.monotonic()
+        if wait <= 0 and intake.behind():
+            wait = BEHIND_WAIT_S
+        more = intake.get(max(0.0, wait))
+        if more is None:
             break
-        more = readiness.take(max_size - len(batch), remaining)
-        if not more:
-            break
-        batch.extend(more)
+        batch.append(more)
     return batch

@@ -1,8 +1,9 @@
 """The daemon's lifecycle: start up, run the pipeline loop, shut down cleanly.
 
-Signals only set flags: SIGTERM/SIGINT ask for a stop (intake stops, the batch in flight is finished and
-committed, the process exits 0; a second signal, or the drain timeout, abandons a batch whose database
-is unreachable, leaving its files untouched in incoming). SIGHUP asks for the active model to be reloaded.
+Signals only set flags: SIGTERM/SIGINT ask for a stop (the decode workers take no new file; those they
+already took are finished and committed; the process exits 0; a second signal, or the drain timeout,
+abandons a batch whose database is unreachable, leaving its files untouched in incoming). SIGHUP asks
+for the active model to be reloaded.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from inspectd.config import EX_CONFIG, Config
 from inspectd.decode import DecodeLimits, install_pixel_limit
 from inspectd.httpserver import HttpServer
 from inspectd.infer import MAX_CHUNK, Inferencer, ModelLoadError
+from inspectd.intake import Intake, Prepared
 from inspectd.metrics import Metrics
 from inspectd.notify import Notifier
 from inspectd.persist import Store
-from inspectd.pipeline import CLAIM_UNAVAILABLE, Aborted, Destinations, InFlight, Pipeline
+from inspectd.pipeline import CLAIM_UNAVAILABLE, Aborted, Destinations, Pipeline
 from inspectd.readiness import Readiness
 from inspectd.records import Disposition, Outcome
 from inspectd.registry import ModelRegistry, RegistryError
@@ -137,7 +139,6 @@ class Daemon:
             Destinations(cfg.paths.processed, cfg.paths.quarantine),
             cfg.station.name,
             self.metrics,
-            workers,
             cfg.model.threshold,
             cfg.database.retry_initial_s,
             cfg.database.retry_max_s,
@@ -147,6 +148,17 @@ class Daemon:
             tile_overlap=cfg.model.tile_overlap,
             tile_reduce=cfg.model.tile_reduce,
         )
+        self.intake = Intake(
+            self.readiness,
+            self.pipeline.limits,
+            self.pipeline.view,
+            workers,
+            self.metrics,
+            capacity=2 * max(cfg.batch.max_size, workers),
+            claims=claims,
+            claim_group=max(1, cfg.batch.max_size // workers),
+        )
+        self.intake.start()
         self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)
         self.health.watcher = True
         found = self.readiness.scan()
@@ -244,7 +256,7 @@ class Daemon:
         next_rescan = time.monotonic() + cfg.watch.rescan_interval_s
         next_purge = time.monotonic() + PURGE_CLAIMS_S
         next_status = next_model_poll = next_ping = time.monotonic()
-        in_flight: InFlight | None = None  # decoding while the batch before it is finished
+        max_wait_s = cfg.batch.max_wait_ms / 1000
         worked = False  # a batch finished since the heap was last trimmed
         idle_since: float | None = None
         while not self.should_exit:
@@ -264,41 +276,43 @@ class Daemon:
             if claims is not None and now >= next_purge:
                 self._purge_stale_claims(claims)
                 next_purge = now + PURGE_CLAIMS_S
-            batch = batcher.collect(
-                self.readiness,
-                cfg.batch.max_size,
-                cfg.batch.max_wait_ms / 1000,
-                0.0 if in_flight else TAKE_TIMEOUT_S,
-            )
-            upcoming = self.pipeline.start(batch) if batch else None
-            if in_flight is not None:
-                self._finish(in_flight)
+            batch = batcher.collect(self.intake, cfg.batch.max_size, max_wait_s, TAKE_TIMEOUT_S)
+            if batch:
+                self._finish(batch)
                 worked = True
-            in_flight = upcoming
-            if in_flight is not None:
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
             elif worked and now - idle_since >= TRIM_AFTER_IDLE_S:  # a burst is over, not a short gap
                 memory.trim()
                 worked = False
-            if in_flight is None and now >= next_ping:  # idle: keep /readyz truthful about the database
+            if not batch and now >= next_ping:  # idle: keep /readyz truthful about the database
                 self._ping_database()
                 next_ping = now + DB_PING_S
             if now >= next_status:
                 self._report_status()
                 next_status = now + STATUS_EVERY_S
-        if in_flight is not None:  # drain: the batch already being decoded is finished and committed
-            self._finish(in_flight)
+        self._drain()
 
-    def _finish(self, flight: InFlight) -> None:
+    def _drain(self) -> None:
+        """Intake stops; every file already taken is decoded, finished and committed."""
+        self.intake.stop()
+        while not self.intake.drained():
+            self._beat()
+            batch = batcher.collect(self.intake, self.config.batch.max_size, 0.0, 0.05)
+            if batch and not self._finish(batch):
+                self.intake.abandon()
+                return
+
+    def _finish(self, batch: list[Prepared]) -> bool:
+        """False when the batch was abandoned (database unreachable at shutdown)."""
         try:
-            outcomes = self.pipeline.finish(flight)
+            outcomes = self.pipeline.finish(batch)
         except Aborted:
-            log.warning("batch.abandoned", files=len(flight.batch), reason="database unreachable at shutdown")
-            return
+            log.warning("batch.abandoned", files=len(batch), reason="database unreachable at shutdown")
+            return False
         finally:
-            self.readiness.release(r.path for r in flight.batch)
+            self.readiness.release(p.item.source.path for p in batch)
             self._update_queue_gauges()
         self.health.database = True  # the pipeline has already set inspectd_db_up
         for outcome in outcomes:
@@ -310,6 +324,7 @@ class Daemon:
         ]
         if held:  # offered again by a rescan once the holder's lease could have run out
             self.readiness.rest(held, self.config.cluster.lease_s)
+        return True
 
     def _ping_database(self) -> None:
         try:
@@ -381,7 +396,7 @@ class Daemon:
         log.info("model.reloaded", version=inferencer.version, previous=previous, source=wanted.source)
 
     def shutdown(self) -> None:
-        self.notifier.stopping("stopping: finishing the batch in flight")
+        self.notifier.stopping("stopping: finishing the files already taken")
         log.info("daemon.stopping", processed=self._processed)
         self.metrics.ready.set(0)
         self._stop_pings.set()
@@ -389,9 +404,10 @@ class Daemon:
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
-        pipeline = getattr(self, "pipeline", None)
-        if pipeline is not None:
-            pipeline.close()
+        intake = getattr(self, "intake", None)
+        if intake is not None:
+            intake.abandon()  # already drained after a normal stop
+            intake.join(timeout=5)
         http = getattr(self, "http", None)
         if http is not None:
             http.stop()

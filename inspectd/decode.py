@@ -73,9 +73,7 @@ def load(ready: ReadyFile, limits: DecodeLimits) -> Loaded | Rejected | Vanished
             f"{st.st_size} bytes is over decode.max_file_bytes = {limits.max_file_bytes}",
         )
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as fh:
-            content = fh.read(limits.max_file_bytes + 1)
+        content = _read(path, st.st_size, limits.max_file_bytes)
     except FileNotFoundError:
         return Vanished(ready)
     except OSError as exc:
@@ -97,7 +95,38 @@ def load(ready: ReadyFile, limits: DecodeLimits) -> Loaded | Rejected | Vanished
     digest = hashlib.sha256(content).hexdigest()
     if not content:
         return Rejected(ready, digest, 0, "empty_file", "the file is empty")
+    if len(content) > limits.max_file_bytes:  # it grew after the lstat
+        return Rejected(
+            ready,
+            identity_hash("oversize", path.name, st),
+            len(content),
+            "file_too_large",
+            f"over decode.max_file_bytes = {limits.max_file_bytes}",
+        )
     return Loaded(ready, digest, content)
+
+
+def _read(path: os.PathLike[str], expected: int, limit: int) -> bytes:
+    """The file's bytes, at most ``limit + 1`` of them (one more than allowed tells it is too large).
+
+    Sized reads: ``read(limit + 1)`` on a buffered file allocates the whole limit up front (256 MiB by
+    default), which cost ~0.4 ms an image in page mapping; a file that grew since ``expected`` was seen
+    is still read to its end (or the limit).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        want = min(expected, limit) + 1
+        while total <= limit:
+            chunk = os.read(fd, min(max(want - total, 1 << 16), limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def decode_loaded(loaded: Loaded, limits: DecodeLimits, view: View) -> Decoded | Rejected:

@@ -1,18 +1,17 @@
-"""One micro-batch through decode -> infer -> persist -> archive, and the account of every file in it.
+"""One micro-batch of decoded files through infer -> persist -> archive, and the account of every file.
 
 Order of effects, for crash safety: the row is committed first, the file is moved after. A crash in
 between leaves the file in incoming; when it is seen again its hash finds the committed row and the file
 is moved where that row says (``recovered``), so there is never a second row and never a lost file.
 
-On a shared incoming folder each file is claimed by its hash between reading and decoding (claims.py);
-a file another worker holds is left alone (``elsewhere``) and offered again once that lease could end.
+Files arrive decoded (intake.py). On a shared incoming folder a file another worker holds arrives as
+``Held``: it is left alone (``elsewhere``) and offered again once that lease could end.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,20 +20,19 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd import archive, db, logs
-from inspectd.claims import ClaimState
-from inspectd.decode import DecodeLimits, decode_loaded, identity_hash, load
+from inspectd.decode import DecodeLimits, decode
 from inspectd.infer import Inferencer
+from inspectd.intake import Prepared, internal_error
 from inspectd.metrics import Metrics
 from inspectd.persist import KnownRow, Store
 from inspectd.records import (
     Decoded,
     Disposition,
     Held,
-    Loaded,
     Outcome,
-    ReadyFile,
     Rejected,
     Scored,
+    Stage,
     Status,
     Vanished,
 )
@@ -66,27 +64,6 @@ class _Planned:
     known: KnownRow | None
 
 
-Stage = Decoded | Rejected | Vanished | Held
-
-
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    """A batch whose files are being decoded in the pool (on a shared folder: read, claimed as one batch,
-    then the claimed ones decoded; ``claimed`` yields their futures)."""
-
-    batch: list[ReadyFile]
-    view: View
-    futures: list[Future[Stage]]
-    started: float
-    claimed: Future[list[Future[Stage]]] | None = None
-
-
-def _done(value: Stage) -> Future[Stage]:
-    future: Future[Stage] = Future()
-    future.set_result(value)
-    return future
-
-
 def _held_reason(item: Vanished | Held) -> str | None:
     if not isinstance(item, Held):
         return None
@@ -102,7 +79,6 @@ class Pipeline:
         destinations: Destinations,
         station: str,
         metrics: Metrics,
-        workers: int,
         threshold: float | None,
         retry_initial_s: float,
         retry_max_s: float,
@@ -126,35 +102,16 @@ class Pipeline:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.should_abort = should_abort
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-        self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim")
-
-    def close(self) -> None:
-        self._claimer.shutdown(wait=True)
-        self._pool.shutdown(wait=True)
-
-    def start(self, batch: list[ReadyFile]) -> InFlight:
-        """Decode stage, in the background: the caller finishes the previous batch meanwhile."""
-        view = self.view()
-        if self.store.claims is None:
-            futures = [self._pool.submit(self._decode_one, ready, view) for ready in batch]
-            return InFlight(batch, view, futures, time.perf_counter())
-        loads = [self._pool.submit(self._load_one, ready) for ready in batch]
-        claimed = self._claimer.submit(self._claim_then_decode, loads, view)
-        return InFlight(batch, view, [], time.perf_counter(), claimed)
 
     def view(self) -> View:
         """How the active model looks at a frame: its input size, the ROI, its tiling."""
         return view_for(self.inferencer.meta, self.roi, self.tile, self.tile_overlap)
 
-    def finish(self, flight: InFlight) -> list[Outcome]:
-        """Wait for a batch's decoding, then infer, persist and archive it."""
-        decoded = self._wait(flight)
-        if flight.view != self.view():  # the model changed input size or tiling meanwhile
-            flight = self.start(flight.batch)
-            decoded = self._wait(flight)
-        self.metrics.stage.labels("decode").observe(time.perf_counter() - flight.started)
-        self.metrics.batch_size.observe(len(flight.batch))
+    def finish(self, batch: list[Prepared]) -> list[Outcome]:
+        """Infer, persist and archive a batch of decoded files."""
+        view = self.view()
+        decoded = [self._for_view(p, view) for p in batch]
+        self.metrics.batch_size.observe(len(batch))
 
         items = [d for d in decoded if isinstance(d, Decoded | Rejected)]
         known = self._with_retry(lambda: self.store.known(i.sha256 for i in items))
@@ -200,75 +157,17 @@ class Pipeline:
         self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
         return outcomes
 
-    @staticmethod
-    def _wait(flight: InFlight) -> list[Stage]:
-        futures = flight.claimed.result() if flight.claimed is not None else flight.futures
-        return [f.result() for f in futures]
-
-    def _decode_one(self, ready: ReadyFile, view: View) -> Stage:
-        loaded = self._load_one(ready)
-        return self._decode_loaded(loaded, view) if isinstance(loaded, Loaded) else loaded
-
-    def _load_one(self, ready: ReadyFile) -> Loaded | Rejected | Vanished:
+    def _for_view(self, prepared: Prepared, view: View) -> Stage:
+        """A file decoded for a model that has since been replaced by one that looks at frames
+        differently (input size, tiling) is decoded again for the new one."""
+        item = prepared.item
+        if prepared.view == view or not isinstance(item, Decoded):
+            return item
         try:
-            return load(ready, self.limits)
+            return decode(item.source, self.limits, view)
         except Exception as exc:
-            log.exception("decode.internal_error", file=ready.path.name)
-            return self._internal_error(ready, exc)
-
-    def _decode_loaded(self, loaded: Loaded, view: View) -> Stage:
-        try:
-            return decode_loaded(loaded, self.limits, view)
-        except Exception as exc:
-            log.exception("decode.internal_error", file=loaded.source.path.name)
-            return self._internal_error(loaded.source, exc)
-
-    def _internal_error(self, ready: ReadyFile, exc: Exception) -> Rejected | Vanished:
-        """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
-        try:
-            st = ready.path.lstat()
-        except FileNotFoundError:
-            return Vanished(ready)
-        return Rejected(
-            ready,
-            identity_hash("internal", ready.path.name, st),
-            st.st_size,
-            "internal_error",
-            f"{type(exc).__name__}: {exc}",
-        )
-
-    def _claim_then_decode(
-        self, loads: list[Future[Loaded | Rejected | Vanished]], view: View
-    ) -> list[Future[Stage]]:
-        """Shared folder: claim the batch's files in one transaction; decode only those won."""
-        claims = self.store.claims
-        assert claims is not None
-        items = [f.result() for f in loads]
-        wanted = {i.sha256: str(i.source.path) for i in items if not isinstance(i, Vanished)}
-        try:
-            results = claims.claim_many(wanted)
-        except SQLAlchemyError as exc:
-            self.metrics.claims.labels("unavailable").inc(len(wanted))
-            log.warning("claim.unavailable", files=len(wanted), error=db.brief(exc))
-            results = None
-        out: list[Future[Stage]] = []
-        for item in items:
-            if isinstance(item, Vanished):
-                out.append(_done(item))
-                continue
-            result = results[item.sha256] if results is not None else None
-            if result is not None:
-                self.metrics.claims.labels(result.state.value).inc()
-            if result is None or result.state is ClaimState.HELD:
-                out.append(_done(Held(item.source, item.sha256, result.holder if result else None)))
-                continue
-            if result.state is ClaimState.TAKEN_OVER:
-                log.info("claim.taken_over", file=item.source.path.name, sha256=item.sha256)
-            if isinstance(item, Loaded):
-                out.append(self._pool.submit(self._decode_loaded, item, view))
-            else:
-                out.append(_done(item))
-        return out
+            log.exception("decode.internal_error", file=item.source.path.name)
+            return internal_error(item.source, exc)
 
     def _classify(self, fresh: list[Decoded]) -> tuple[dict[str, Scored], dict[str, Rejected]]:
         """Score the batch in one call; if that fails, score image by image so one bad input is recorded

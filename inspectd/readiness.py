@@ -16,6 +16,8 @@ Events arrive on the observer's thread; ``take`` runs on the pipeline thread.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import threading
 import time
@@ -34,8 +36,9 @@ Clock = Callable[[], float]
 @dataclass(slots=True)
 class _Candidate:
     writing: bool
-    signature: tuple[int, int] | None  # (size, mtime_ns) at the last check
+    signature: tuple[int, int] | None  # (size, mtime_ns) at the last look; None: not looked at yet
     stable_since: float
+    due: float  # when to look again: the end of its settle (or stale) time
 
 
 class Readiness:
@@ -56,6 +59,8 @@ class Readiness:
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: dict[Path, _Candidate] = {}
+        self._due: list[tuple[float, int, Path]] = []  # heap of looks to make; stale entries skipped
+        self._seq = itertools.count()
         self._ready: deque[ReadyFile] = deque()
         self._claimed: set[Path] = set()  # in _ready or being processed
         self._resting: dict[Path, float] = {}  # held by another worker: not rescanned before this time
@@ -80,20 +85,22 @@ class Readiness:
             self._make_ready(path)
 
     def touched(self, path: Path, writing: bool) -> None:
-        """A create (writing=False) or a modify (writing=True): re-check it until it is stable."""
+        """A create (writing=False) or a modify (writing=True): look again at the end of its settle time."""
         if not self.accepts(path):
             return
+        signature = _signature(path)
         with self._cond:
             if path in self._claimed:
                 return
             candidate = self._pending.get(path)
             now = self._clock()
             if candidate is None:
-                self._pending[path] = _Candidate(writing, None, now)
+                candidate = self._pending[path] = _Candidate(writing, signature, now, now)
             else:
                 candidate.writing = candidate.writing or writing
+                candidate.signature = signature
                 candidate.stable_since = now
-            self._cond.notify_all()
+            self._schedule(path, candidate, now + self._needed(candidate))
 
     def gone(self, path: Path) -> None:
         """Deleted or moved away before we took it."""
@@ -119,10 +126,9 @@ class Readiness:
                 total += 1
                 if path in self._claimed or path in self._pending or path in self._resting:
                     continue
-                self._pending[path] = _Candidate(False, None, now)
+                candidate = self._pending[path] = _Candidate(False, None, now, now)
+                self._schedule(path, candidate, now)
                 added += 1
-            if added:
-                self._cond.notify_all()
         self.last_scan_total = total
         return added
 
@@ -136,11 +142,15 @@ class Readiness:
                 self._check_candidates()
                 if self._ready:
                     return [self._ready.popleft() for _ in range(min(max_n, len(self._ready)))]
-                remaining = deadline - self._clock()
+                now = self._clock()
+                remaining = deadline - now
                 if remaining <= 0:
                     return []
-                wait = remaining if not self._pending else min(remaining, self._settle / 3)
-                self._cond.wait(wait)
+                # sleep until the first candidate could be complete (or a new event wakes us), so that
+                # each file is taken when its own settle time ends instead of in groups on a poll tick
+                if self._due:
+                    remaining = min(remaining, max(self._due[0][0] - now, 0.001))
+                self._cond.wait(remaining)
 
     def release(self, paths: Iterable[Path]) -> None:
         with self._cond:
@@ -151,6 +161,11 @@ class Readiness:
         with self._cond:
             for path in paths:
                 self._resting[path] = until
+
+    def queued(self) -> int:
+        """Files ready and waiting for a decode worker to take them."""
+        with self._cond:
+            return len(self._ready)
 
     def backlog(self) -> tuple[int, int]:
         """(files waiting to be judged complete, files ready or being processed)."""
@@ -170,20 +185,44 @@ class Readiness:
         self._ready.append(ReadyFile(path, self._clock(), datetime.now(UTC)))
         self._cond.notify_all()
 
+    def _needed(self, candidate: _Candidate) -> float:
+        return self._stale if candidate.writing else self._settle
+
+    def _schedule(self, path: Path, candidate: _Candidate, due: float) -> None:
+        first = not self._due or due < self._due[0][0]
+        candidate.due = due
+        heapq.heappush(self._due, (due, next(self._seq), path))
+        if first:  # a waiting take() must shorten its sleep
+            self._cond.notify_all()
+
     def _check_candidates(self) -> None:
+        """Look at the candidates whose time has come (only those: a burst of thousands of creates costs
+        one look per file, not one per file per event)."""
         now = self._clock()
-        for path, candidate in list(self._pending.items()):
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
+        while self._due and self._due[0][0] <= now:
+            due, _, path = heapq.heappop(self._due)
+            candidate = self._pending.get(path)
+            if candidate is None or candidate.due != due:  # taken, gone, or rescheduled since
+                continue
+            signature = _signature(path)
+            if signature is None:
                 del self._pending[path]
                 continue
-            signature = (st.st_size, st.st_mtime_ns)
             if signature != candidate.signature:
                 candidate.signature = signature
                 candidate.stable_since = now
-                continue
-            needed = self._stale if candidate.writing else self._settle
+            needed = self._needed(candidate)
             if now - candidate.stable_since >= needed:
                 del self._pending[path]
                 self._make_ready(path)
+            else:
+                self._schedule(path, candidate, candidate.stable_since + needed)
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of the path itself (links not followed); None when it no longer exists."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns

@@ -125,3 +125,6 @@ class Outcome:
     row_id: int | None
     reason: str | None
     latency_s: float
+
+
+Stage = Decoded | Rejected | Vanished | Held  # what the decode stage hands to the batch stage

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from inspectd.readiness import Readiness
 
@@ -38,15 +41,41 @@ def test_bare_create_waits_until_size_is_stable(tmp_path: Path) -> None:
     r = make(tmp_path, clock)
     path = tmp_path / "b.png"
     path.write_bytes(b"x")
-    r.touched(path, writing=False)
-    assert r.take(10, 0) == []  # first look records the size
+    r.touched(path, writing=False)  # the first look records the size
+    assert r.take(10, 0) == []
     clock.now += 0.3
     path.write_bytes(b"xy")  # still growing
     assert r.take(10, 0) == []
+    clock.now += 0.3  # the next look, at the end of the settle time, sees it changed: settle again
+    assert r.take(10, 0) == []
     clock.now += 0.3
-    assert r.take(10, 0) == []  # only 0.3 s stable
+    assert r.take(10, 0) == []  # only 0.3 s since that look
     clock.now += 0.3
     assert names(r.take(10, 0)) == ["b.png"]
+
+
+def test_a_burst_of_creates_is_looked_at_once_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    for i in range(200):
+        (tmp_path / f"{i}.png").write_bytes(b"x")
+    looks: list[Path] = []
+    real = Path.lstat
+
+    def counting(self: Path) -> os.stat_result:
+        looks.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "lstat", counting)
+    for i in range(200):
+        r.touched(tmp_path / f"{i}.png", writing=False)
+        clock.now += 0.001
+        assert r.take(10, 0) == []
+    clock.now += 0.5
+    assert len(r.take(500, 0)) == 200
+    assert len(looks) == 400  # one when created, one when its settle time ended
 
 
 def test_open_for_write_without_close_waits_for_stale(tmp_path: Path) -> None:

@@ -37,13 +37,13 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
 
 
 def test_claims_have_one_holder_and_expired_leases_are_taken_over(any_db: sa.Engine) -> None:
-    a = ClaimBook(any_db, "a", lease_s=0.5, worker="a@host")
+    a = ClaimBook(any_db, "a", lease_s=2.0, worker="a@host")  # long enough for a loaded CI machine
     b = ClaimBook(any_db, "b", lease_s=30.0, worker="b@host")
     assert a.claim("h1", "/in/x.png").state is ClaimState.CLAIMED
     held = b.claim("h1", "/in/x.png")
     assert held.state is ClaimState.HELD and held.holder == "a@host"
     assert a.claim("h1", "/in/x.png").state is ClaimState.CLAIMED  # its own claim, renewed
-    time.sleep(0.7)  # a's lease runs out (the database's clock)
+    time.sleep(2.3)  # a's lease runs out (the database's clock)
     assert b.claim("h1", "/in/x.png").state is ClaimState.TAKEN_OVER
     assert a.claim("h1", "/in/x.png").state is ClaimState.HELD
     # the result's commit ends the claim, and only the holder's
@@ -60,7 +60,7 @@ def test_claims_have_one_holder_and_expired_leases_are_taken_over(any_db: sa.Eng
     row |= {"received_at": now, "processed_at": now, "latency_s": 0.0, "status": "error"}
     row |= {"error_reason": "x: y", "station": "a"}
     assert a.claim("h2", "/in/y.png").state is ClaimState.CLAIMED
-    time.sleep(0.7)
+    time.sleep(2.3)
     Store(any_db).insert([row])  # recorded by someone else; a's claim is left behind, expired
     assert b.claim("h2", "/in/y.png").state is ClaimState.KNOWN
     assert a.purge_stale() == 1

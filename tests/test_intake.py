@@ -1,0 +1,92 @@
+"""The decode workers (intake.py) and the batch stage (batcher.py) on real files, real threads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from inspectd import batcher
+from inspectd.decode import DecodeLimits
+from inspectd.intake import Intake, Prepared
+from inspectd.metrics import Metrics
+from inspectd.readiness import Readiness
+from inspectd.records import Decoded
+from inspectd.tiles import View
+from tests.conftest import png_bytes, wait_until, write_burst
+
+VIEW = View((128, 128))
+
+
+def make(folder: Path, workers: int, capacity: int = 64) -> tuple[Readiness, Intake]:
+    readiness = Readiness(folder, (".png",), (".*", "*.tmp"), settle_s=0.2, stale_s=10.0)
+    intake = Intake(
+        readiness, DecodeLimits(64_000_000, 1 << 28), lambda: VIEW, workers, Metrics("t"), capacity
+    )
+    return readiness, intake
+
+
+def drop(folder: Path, readiness: Readiness, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        path = folder / f"{i:03d}.png"
+        path.write_bytes(png_bytes(i))
+        readiness.completed(path)
+
+
+def drain(intake: Intake) -> list[Prepared]:
+    out: list[Prepared] = []
+    while (item := intake.get(0.5)) is not None:
+        out.append(item)
+    return out
+
+
+def test_every_file_is_decoded_once_by_several_workers(tmp_path: Path) -> None:
+    readiness, intake = make(tmp_path, workers=3)
+    intake.start()
+    writer = write_burst(tmp_path, 120, seed=5)  # a real process: temporary name, then rename
+    assert writer.wait(60) == 0
+    readiness.scan()  # the events are not wired here: the scan finds them, settle_s later they are ready
+    got = wait_until(lambda: drain(intake) or None, 10, "decoded files")
+    got += drain(intake)
+    intake.stop()
+    wait_until(intake.drained, 5, "workers stopped")
+    names = sorted(p.item.source.path.name for p in got)
+    assert names == sorted(p.name for p in tmp_path.glob("f5-*.png")) and len(names) == 120
+    assert all(isinstance(p.item, Decoded) and p.view == VIEW for p in got)
+
+
+def test_a_batch_fills_up_under_a_backlog_and_closes_at_once_without_one(tmp_path: Path) -> None:
+    readiness, intake = make(tmp_path, workers=1)
+    drop(tmp_path, readiness, 40)  # ready before the worker starts: a backlog of 40
+    intake.start()
+    # the oldest file waited long ago (max_wait 0): without a backlog the batch would close with what is
+    # decoded so far; with one, it waits for the decoder to fill it
+    batch = batcher.collect(intake, 16, 0.0, timeout=10)
+    assert len(batch) == 16
+    rest = []
+    while len(rest) < 24:
+        rest += batcher.collect(intake, 16, 0.0, timeout=10)
+    assert len(rest) == 24 and not intake.behind()
+    drop(tmp_path, readiness, 1, start=40)  # a lone file with nothing behind it: alone in its batch
+    started = time.monotonic()
+    lone = batcher.collect(intake, 16, 0.0, timeout=10)
+    assert [p.item.source.path.name for p in lone] == ["040.png"]
+    assert time.monotonic() - started < 5  # not held for company (a generous bound: no timing claim)
+    intake.stop()
+
+
+def test_stop_finishes_the_files_in_hand_and_leaves_the_rest_ready(tmp_path: Path) -> None:
+    readiness, intake = make(tmp_path, workers=2, capacity=4)
+    drop(tmp_path, readiness, 30)
+    intake.start()
+    # nobody consumes: the queue fills (4) and each worker blocks holding one more (2); 24 stay ready
+    wait_until(lambda: readiness.queued() == 24, 10, "the workers blocked on a full queue")
+    time.sleep(0.3)
+    assert readiness.queued() == 24
+    intake.stop()
+    delivered: list[Prepared] = []
+    while not intake.drained():
+        delivered += drain(intake)
+    assert len(delivered) == 6 and readiness.queued() == 24  # nothing lost, nothing taken after the stop
+    assert all(isinstance(p.item, Decoded) for p in delivered)
+    left = {r.path.name for r in readiness.take(100, 0)}
+    assert len(left) == 24 and not left & {p.item.source.path.name for p in delivered}
