@@ -62,7 +62,7 @@ def test_a_batch_fills_up_under_a_backlog_and_closes_at_once_without_one(tmp_pat
     # decoded so far; with one, it waits for the decoder to fill it
     batch = batcher.collect(intake, 16, 0.0, timeout=10)
     assert len(batch) == 16
-    rest = []
+    rest: list[Prepared] = []
     while len(rest) < 24:
         rest += batcher.collect(intake, 16, 0.0, timeout=10)
     assert len(rest) == 24 and not intake.behind()
