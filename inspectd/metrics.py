@@ -65,7 +65,7 @@ class Metrics:
         )
         self.stage = Histogram(
             "inspectd_stage_duration_seconds",
-            "time per batch in each stage",
+            "time in each stage: decode per file (read, hash, decode), infer, persist and archive per batch",
             ["stage"],
             registry=r,
             buckets=STAGE_BUCKETS,

@@ -78,7 +78,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str, int]] = [
         12,
     ),
     (
-        "Stage time per batch (p95)",
+        "Stage time (p95): decode per file, the others per batch",
         "s",
         [
             (
