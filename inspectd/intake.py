@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,6 +30,7 @@ from inspectd.records import Held, Loaded, ReadyFile, Rejected, Stage, Vanished
 from inspectd.tiles import View
 
 log = logs.get("inspectd.intake")
+_T = TypeVar("_T")
 
 TAKE_TIMEOUT_S = 0.25  # how often an idle worker notices a stop
 PUT_TIMEOUT_S = 0.25  # how often a worker blocked on a full queue notices an abandon
@@ -109,13 +112,14 @@ class Intake:
                 continue
             view = self._view()
             started = time.perf_counter()
-            loaded = [self._load_one(ready) for ready in files]
+            loaded = [guarded(ready, partial(load, ready, self._limits)) for ready in files]
             read_s = (time.perf_counter() - started) / len(files)  # read + hash, per file
             items: list[Loaded | Stage] = self._claim(loaded) if self._claims is not None else [*loaded]
             for item in items:
+                done: Stage
                 if isinstance(item, Loaded):
                     started = time.perf_counter()
-                    done = self._decode_one(item, view)
+                    done = guarded(item.source, partial(decode_loaded, item, self._limits, view))
                     self._metrics.stage.labels("decode").observe(read_s + time.perf_counter() - started)
                 else:
                     done = item
@@ -130,20 +134,6 @@ class Intake:
             except queue.Full:
                 continue
         return False
-
-    def _load_one(self, ready: ReadyFile) -> Loaded | Rejected | Vanished:
-        try:
-            return load(ready, self._limits)
-        except Exception as exc:
-            log.exception("decode.internal_error", file=ready.path.name)
-            return internal_error(ready, exc)
-
-    def _decode_one(self, loaded: Loaded, view: View) -> Stage:
-        try:
-            return decode_loaded(loaded, self._limits, view)
-        except Exception as exc:
-            log.exception("decode.internal_error", file=loaded.source.path.name)
-            return internal_error(loaded.source, exc)
 
     def _claim(self, items: list[Loaded | Rejected | Vanished]) -> list[Loaded | Stage]:
         """Shared folder: claim the group's files in one transaction; only those won are decoded."""
@@ -173,8 +163,17 @@ class Intake:
         return out
 
 
-def internal_error(ready: ReadyFile, exc: Exception) -> Rejected | Vanished:
-    """The per-image boundary: whatever goes wrong with one file is recorded against that file."""
+def guarded(ready: ReadyFile, step: Callable[[], _T]) -> _T | Rejected | Vanished:
+    """The per-image boundary: whatever goes wrong in ``step`` with one file is recorded against that
+    file (an ``internal_error`` row), and the daemon goes on with the others."""
+    try:
+        return step()
+    except Exception as exc:
+        log.exception("decode.internal_error", file=ready.path.name)
+        return _internal_error(ready, exc)
+
+
+def _internal_error(ready: ReadyFile, exc: Exception) -> Rejected | Vanished:
     try:
         st = ready.path.lstat()
     except FileNotFoundError:

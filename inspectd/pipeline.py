@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from inspectd import archive, db, logs
 from inspectd.decode import DecodeLimits, decode
 from inspectd.infer import Inferencer
-from inspectd.intake import Prepared, internal_error
+from inspectd.intake import Prepared, guarded
 from inspectd.metrics import Metrics
 from inspectd.persist import KnownRow, Store
 from inspectd.records import (
@@ -163,11 +164,7 @@ class Pipeline:
         item = prepared.item
         if prepared.view == view or not isinstance(item, Decoded):
             return item
-        try:
-            return decode(item.source, self.limits, view)
-        except Exception as exc:
-            log.exception("decode.internal_error", file=item.source.path.name)
-            return internal_error(item.source, exc)
+        return guarded(item.source, partial(decode, item.source, self.limits, view))
 
     def _classify(self, fresh: list[Decoded]) -> tuple[dict[str, Scored], dict[str, Rejected]]:
         """Score the batch in one call; if that fails, score image by image so one bad input is recorded

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from inspectd import batcher
-from inspectd.decode import DecodeLimits
+from inspectd import intake as intake_module
+from inspectd.decode import DecodeLimits, decode_loaded
 from inspectd.intake import Intake, Prepared
 from inspectd.metrics import Metrics
 from inspectd.readiness import Readiness
-from inspectd.records import Decoded
+from inspectd.records import Decoded, Loaded, Rejected
 from inspectd.tiles import View
 from tests.conftest import png_bytes, wait_until, write_burst
 
@@ -90,3 +93,26 @@ def test_stop_finishes_the_files_in_hand_and_leaves_the_rest_ready(tmp_path: Pat
     assert all(isinstance(p.item, Decoded) for p in delivered)
     left = {r.path.name for r in readiness.take(100, 0)}
     assert len(left) == 24 and not left & {p.item.source.path.name for p in delivered}
+
+
+def test_a_bug_in_one_file_is_recorded_against_that_file_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = decode_loaded
+
+    def flaky(loaded: Loaded, limits: DecodeLimits, view: View) -> Decoded | Rejected:
+        if loaded.source.path.name == "001.png":
+            raise KeyError("a bug in the decode stage")  # fault injection: what no input should cause
+        return real(loaded, limits, view)
+
+    monkeypatch.setattr(intake_module, "decode_loaded", flaky)
+    readiness, intake = make(tmp_path, workers=2)
+    drop(tmp_path, readiness, 3)
+    intake.start()
+    got = {p.item.source.path.name: p.item for p in wait_until(lambda: drain(intake) or None, 10, "files")}
+    got |= {p.item.source.path.name: p.item for p in drain(intake)}
+    intake.stop()
+    assert sorted(got) == ["000.png", "001.png", "002.png"]
+    bad = got["001.png"]
+    assert isinstance(bad, Rejected) and bad.reason == "internal_error" and "KeyError" in bad.detail
+    assert isinstance(got["000.png"], Decoded) and isinstance(got["002.png"], Decoded)
