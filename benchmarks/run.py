@@ -317,15 +317,10 @@ def soak(files: list[Path], tmp: Path, port: int, total: int) -> dict[str, Any]:
     try:
         while done < total:
             chunk = files[: min(len(files), total - done)]
-            for staged, target in stage(chunk, root / "staging", f"soak{done}"):
-                staged.rename(target)
+            burst(daemon, chunk, f"soak{done}")
             done += len(chunk)
-            wait_rows(daemon, done)
-            while any((root / "var" / "incoming").iterdir()):
-                time.sleep(0.01)
             time.sleep(2.0)  # RSS at rest after the burst
             samples.append(daemon.rss_mib()[0])
-            shutil.rmtree(root / "var" / "processed", ignore_errors=True)
             print(f"soak: {done} images, RSS {samples[-1]:.0f} MiB", flush=True)
     finally:
         daemon.stop()
