@@ -1,8 +1,9 @@
 """One micro-batch of decoded files through infer -> persist -> archive, and the account of every file.
 
 Order of effects, for crash safety: the row is committed first, the file is moved after. A crash in
-between leaves the file in incoming; when it is seen again its hash finds the committed row and the file
-is moved where that row says (``recovered``), so there is never a second row and never a lost file.
+between leaves the file in incoming (or, between the archive's link and unlink, under both names); when it
+is seen again its hash finds the committed row and the file is moved where that row says (``recovered``),
+so there is never a second row, never a second copy and never a lost file.
 
 Files arrive decoded (intake.py). On a shared incoming folder a file another worker holds arrives as
 ``Held``: it is left alone (``elsewhere``) and offered again once that lease could end.
@@ -203,9 +204,10 @@ class Pipeline:
         for item in items:
             path = item.source.path
             row_known = known.get(item.sha256)
-            if row_known is not None and not Path(row_known.stored_path).exists():
-                # committed by an earlier run that stopped before the move: finish that move
-                plans.append(_Planned(item, None, None, Path(row_known.stored_path), row_known))
+            stored = Path(row_known.stored_path) if row_known is not None else None
+            if stored is not None and (not stored.exists() or archive.same_file(path, stored)):
+                # committed by an earlier run that stopped before (or halfway through) the move: finish it
+                plans.append(_Planned(item, None, None, stored, row_known))
                 continue
             if row_known is not None or item.sha256 in claimed:
                 root = self._root_for(row_known.status if row_known else self._status(item))

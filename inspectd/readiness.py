@@ -89,6 +89,8 @@ class Readiness:
         if not self.accepts(path):
             return
         signature = _signature(path)
+        if signature is None:  # already gone again (the delete event follows)
+            return
         with self._cond:
             if path in self._claimed:
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -160,20 +161,26 @@ def test_sigterm_mid_burst_loses_nothing(upgraded: Workspace, daemon: Start) -> 
     assert_accounted(upgraded, total)
 
 
-def test_commit_before_move_crash_is_recovered(upgraded: Workspace, daemon: Start) -> None:
-    """A row committed by a run that died before moving the file: the next run moves it, no new row."""
+@pytest.mark.parametrize("died", ["before_move", "between_link_and_unlink"])
+def test_commit_before_move_crash_is_recovered(upgraded: Workspace, daemon: Start, died: str) -> None:
+    """A row committed by a run that died before moving the file, or halfway (the archive links the file
+    into place, then unlinks it from incoming): the next run finishes the move, no new row, no copy."""
     proc = daemon()
     content = png_bytes(9)
     upgraded.drop("x.png", content)
     rows = proc.wait_rows(1)
     assert proc.stop() == 0
     stored = Path(rows[0]["stored_path"])
-    stored.rename(upgraded.incoming / "x.png")  # as if the move never happened
+    if died == "before_move":
+        stored.rename(upgraded.incoming / "x.png")
+    else:
+        os.link(stored, upgraded.incoming / "x.png")
     again = daemon()
-    wait_until(lambda: stored.exists(), 10, "the file moved where its row says")
+    wait_until(lambda: stored.exists() and not upgraded.waiting(), 10, "the file where its row says, only")
     assert again.stop() == 0
     assert len(upgraded.rows()) == 1
     assert [e["disposition"] for e in again.events("image.handled")] == ["recovered"]
+    assert upgraded.archived() == [stored] and stored.read_bytes() == content
 
 
 def test_http_endpoints(daemon: Start, upgraded: Workspace) -> None:
