@@ -29,7 +29,8 @@ from inspectd.infer import sigmoid
 from inspectd.synth import SynthSpec
 from inspectd.train.data import synthetic_arrays
 from inspectd.train.evaluate import binary_metrics
-from inspectd.train.retrain import train_arrays
+from inspectd.train.fit import keras_logits, train_arrays
+from inspectd.train.report import calibrate
 from inspectd.train.tf import keras, tensorflow
 
 TRAIN = SynthSpec(
@@ -103,9 +104,9 @@ def main() -> None:
         started = time.monotonic()
         trained = train_arrays(rc, x, y, xv, yv, Path(tmp))
         ours_seconds = time.monotonic() - started
-    a, b = trained.calibration
-    logits = np.asarray(trained.model.predict(xt, batch_size=128, verbose=0), np.float32).reshape(-1)
-    ours_metrics = binary_metrics(yt, sigmoid(np.float32(a) * logits + np.float32(b)), trained.threshold)
+    predict = keras_logits(trained.model)
+    (a, b), threshold = calibrate(yv, predict(xv), rc.threshold_policy, rc.target_recall)
+    ours_metrics = binary_metrics(yt, sigmoid(np.float32(a) * predict(xt) + np.float32(b)), threshold)
 
     result = {
         "train_images": args.train,

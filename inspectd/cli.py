@@ -495,6 +495,12 @@ def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> Non
 @click.option(
     "--input-size", type=click.IntRange(min=32, max=512), default=None, help="override retrain.input_size"
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "dynamic", "int8"]),
+    default=None,
+    help="override retrain.quantize",
+)
 @click.option("--force", is_flag=True, help="activate the new version even if the gate refuses it")
 @click.pass_obj
 def retrain(
@@ -503,6 +509,7 @@ def retrain(
     epochs: int | None,
     backbone: str | None,
     input_size: int | None,
+    quantize: str | None,
     force: bool,
 ) -> None:
     """Train a new model version from the labeled images; promote it only if it is no worse."""
@@ -513,7 +520,11 @@ def retrain(
     cfg = obj.config()
     try:
         outcome = run_retrain(
-            cfg, _engine(obj), data, force, {"epochs": epochs, "backbone": backbone, "input_size": input_size}
+            cfg,
+            _engine(obj),
+            data,
+            force,
+            {"epochs": epochs, "backbone": backbone, "input_size": input_size, "quantize": quantize},
         )
     except NotEnoughLabels as exc:
         click.echo(f"inspectd retrain: {exc}", err=True)

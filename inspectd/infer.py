@@ -17,6 +17,9 @@ from inspectd.records import Decoded, Scored, Verdict
 from inspectd.registry import MODEL_FILE, SELFTEST_FILE, ModelMeta, RegistryError, read_meta
 
 SELFTEST_TOLERANCE = 1e-3
+# A quantized network's integer kernels may round one activation a step apart on another CPU, which moves
+# a score by up to a few thousandths; a wrong or damaged model misses by far more.
+SELFTEST_TOLERANCE_QUANTIZED = 0.01
 MAX_CHUNK = 64  # inputs per interpreter call at most (bounds the activation memory of one call)
 
 
@@ -46,46 +49,16 @@ def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return out
 
 
-class Inferencer:
-    """A loaded, self-tested model version. Not thread-safe: one pipeline thread calls it."""
+class Runner:
+    """The network alone (LiteRT): inputs in, one logit per input out; an interpreter per call size."""
 
-    def __init__(self, meta: ModelMeta, model_content: bytes, num_threads: int) -> None:
-        self.meta = meta
-        self._content = model_content
+    def __init__(self, content: bytes, input_size: tuple[int, int], num_threads: int) -> None:
+        self._content = content
         self._threads = num_threads or (os.cpu_count() or 1)
         self._interpreters: dict[int, Interpreter] = {}
-        height, width = meta.input_size
-        self._shape = (height, width, 1)
+        self._shape = (*input_size, 1)
 
-    @property
-    def version(self) -> str:
-        return self.meta.version
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.meta.input_size
-
-    @classmethod
-    def load(cls, version_dir: Path, num_threads: int = 0) -> Inferencer:
-        try:
-            meta = read_meta(version_dir)
-            content = (version_dir / MODEL_FILE).read_bytes()
-            inferencer = cls(meta, content, num_threads)
-            inferencer._interpreter(1)
-        except (RegistryError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{version_dir}: {exc}") from exc
-        inferencer.self_test(version_dir / SELFTEST_FILE)
-        return inferencer
-
-    def warm(self, max_inputs: int) -> None:
-        """Create every call size a batch of up to ``max_inputs`` can use, now: memory is then steady from
-        the first batch, instead of stepping up the first time a rare size appears hours later."""
-        size = 1
-        while size <= min(MAX_CHUNK, 1 << max(0, (max_inputs - 1).bit_length())):
-            self._interpreter(size)
-            size *= 2
-
-    def _interpreter(self, bucket: int) -> Interpreter:
+    def interpreter(self, bucket: int) -> Interpreter:
         interpreter = self._interpreters.get(bucket)
         if interpreter is None:
             interpreter = Interpreter(model_content=self._content, num_threads=self._threads)
@@ -108,13 +81,52 @@ class Inferencer:
             part = batch[start : start + take]
             if take < size:
                 part = np.concatenate([part, np.zeros((size - take, *self._shape), np.float32)])
-            interpreter = self._interpreter(size)
+            interpreter = self.interpreter(size)
             interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
             interpreter.invoke()
             result = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
             out[start : start + take] = np.asarray(result, np.float32).reshape(size)[:take]
             start += take
         return out
+
+
+class Inferencer:
+    """A loaded, self-tested model version. Not thread-safe: one pipeline thread calls it."""
+
+    def __init__(self, meta: ModelMeta, model_content: bytes, num_threads: int) -> None:
+        self.meta = meta
+        self._runner = Runner(model_content, meta.input_size, num_threads)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.meta.input_size
+
+    @classmethod
+    def load(cls, version_dir: Path, num_threads: int = 0) -> Inferencer:
+        try:
+            meta = read_meta(version_dir)
+            content = (version_dir / MODEL_FILE).read_bytes()
+            inferencer = cls(meta, content, num_threads)
+            inferencer._runner.interpreter(1)
+        except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{version_dir}: {exc}") from exc
+        inferencer.self_test(version_dir / SELFTEST_FILE)
+        return inferencer
+
+    def warm(self, max_inputs: int) -> None:
+        """Create every call size a batch of up to ``max_inputs`` can use, now: memory is then steady from
+        the first batch, instead of stepping up the first time a rare size appears hours later."""
+        size = 1
+        while size <= min(MAX_CHUNK, 1 << max(0, (max_inputs - 1).bit_length())):
+            self._runner.interpreter(size)
+            size *= 2
+
+    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._runner.logits(batch)
 
     def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         cal = self.meta.calibration
@@ -134,7 +146,8 @@ class Inferencer:
         if not np.all(np.isfinite(got)):
             raise ModelLoadError(f"{self.version}: the model outputs non-finite scores")
         worst = float(np.max(np.abs(got - expected)))
-        if worst > SELFTEST_TOLERANCE:
+        quantized = self.meta.quantization != "none"
+        if worst > (SELFTEST_TOLERANCE_QUANTIZED if quantized else SELFTEST_TOLERANCE):
             raise ModelLoadError(
                 f"{self.version}: self-test scores differ from the recorded ones by up to {worst:.4f}"
             )

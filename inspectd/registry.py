@@ -18,7 +18,7 @@ import tempfile
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,6 +54,7 @@ class ModelMeta(BaseModel):
     threshold: float = Field(ge=0, le=1)
     calibration: Calibration = Calibration()
     tiling: Tiling | None = None  # None: the model sees the whole frame (or ROI) resized to its input
+    quantization: Literal["none", "dynamic", "int8"] = "none"  # how the network's weights are stored
     created_at: datetime
     model_sha256: str
     metrics: dict[str, Any] = {}

@@ -296,22 +296,13 @@ def test_hostile_corpus(daemon: Start, upgraded: Workspace, tmp_path: Path) -> N
 def test_model_with_another_input_size_after_reload(
     daemon: Start, upgraded: Workspace, tmp_path: Path
 ) -> None:
-    from inspectd.train.export import export_version
+    from inspectd.train.export import convert, export_version
     from inspectd.train.model import small_cnn
 
     version_dir = tmp_path / "v64"
-    model = small_cnn((64, 64))
-    export_version(
-        model,
-        version_dir,
-        "size64-1",
-        (64, 64),
-        0.5,
-        (1.0, 0.0),
-        np.random.default_rng(0).random((4, 64, 64, 1), np.float32),
-        {},
-        {},
-    )
+    x = np.random.default_rng(0).random((4, 64, 64, 1), np.float32)
+    converted = convert(small_cnn((64, 64)), (64, 64), "none", x, x, np.array([0, 1, 0, 1]))
+    export_version(converted, version_dir, "size64-1", 0.5, (1.0, 0.0), x, {}, {})
     proc = daemon()
     upgraded.drop("before.png", png_bytes(1))
     proc.wait_rows(1)

@@ -115,6 +115,9 @@ def test_retrain_report_and_gate(upgraded: Workspace, tmp_path: Path) -> None:
     version = summary["version"]
     meta = json.loads((upgraded.models / "versions" / version / "metadata.json").read_text())
     assert meta["training"]["dataset_fingerprint"] and meta["input_size"] == [64, 64]
+    conversion = meta["training"]["conversion"]  # int8 by default, or the float network and why
+    assert meta["quantization"] == "int8" or "refused" in conversion, conversion
+    assert conversion["checked_on"] > 0 and conversion["float_max_logit_difference"] < 1e-3
     assert (upgraded.models / "active").read_text().strip() != version
     # promote by hand, roll back
     upgraded.cli("promote", version)
@@ -214,7 +217,7 @@ def test_training_with_every_augmentation_off_and_on(tmp_path: Path) -> None:
     import numpy as np
 
     from inspectd.config import AugmentConfig, RetrainConfig
-    from inspectd.train.retrain import train_arrays
+    from inspectd.train.fit import train_arrays
 
     rng = np.random.default_rng(0)
     x = rng.random((24, 32, 32, 1), dtype=np.float32)
@@ -244,4 +247,43 @@ def test_training_with_every_augmentation_off_and_on(tmp_path: Path) -> None:
     for augment in (off, on):
         rc = RetrainConfig(input_size=32, epochs=1, batch_size=8, augment=augment)
         trained = train_arrays(rc, x, y, x, y, tmp_path / str(id(augment)))
-        assert trained.epochs_run == 1 and 0 <= trained.threshold <= 1
+        assert trained.epochs_run == 1 and len(trained.representative) == 24
+
+
+@pytest.mark.train
+def test_quantized_network_ships_only_if_it_ranks_as_well(tmp_path: Path) -> None:
+    """int8 conversion: calibrated on training inputs, checked against the float network on validation
+    inputs, self-tested as the daemon loads it; refused (the float network ships) when it loses ranking."""
+    import numpy as np
+
+    from inspectd.infer import Inferencer
+    from inspectd.synth import SynthSpec
+    from inspectd.train.data import synthetic_arrays
+    from inspectd.train.export import MAX_AUC_DROP, convert, export_version
+    from inspectd.train.model import small_cnn
+    from inspectd.train.tf import keras
+
+    keras().utils.set_random_seed(3)
+    x, y = synthetic_arrays(240, 5, SynthSpec(), (48, 48))
+    xv, yv = synthetic_arrays(120, 6, SynthSpec(), (48, 48))
+    model = small_cnn((48, 48))
+    model.compile(optimizer="adam", loss=keras().losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+
+    floating = convert(model, (48, 48), "none", x[:64], xv, yv)
+    kept = convert(model, (48, 48), "int8", x[:64], xv, yv)
+    assert kept.quantization == "int8", kept.fidelity
+    assert kept.fidelity["quantized_auc"] >= kept.fidelity["float_auc"] - MAX_AUC_DROP
+    assert len(kept.content) < len(floating.content) / 2
+    meta = export_version(kept, tmp_path / "q", "q-1", 0.5, (1.0, 0.0), xv[:8], {}, {"n": 1})
+    assert meta.quantization == "int8" and meta.training["conversion"] == kept.fidelity
+    loaded = Inferencer.load(tmp_path / "q", num_threads=1)  # the self-test passes as the daemon runs it
+    assert np.array_equal(
+        loaded.logits(xv[:9]), np.concatenate([loaded.logits(xv[i : i + 1]) for i in range(9)])
+    )
+    differs = np.abs(loaded.logits(xv) - floating.logits(xv))
+    assert 0 < float(differs.max()) < 2.0  # another network, close to the float one
+
+    refused = convert(model, (48, 48), "int8", x[:64], xv, yv, max_auc_drop=-1.0)
+    assert refused.quantization == "none" and refused.content == floating.content
+    assert "refused" in refused.fidelity

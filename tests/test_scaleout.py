@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from inspectd import db
 from inspectd.claims import ClaimBook, ClaimState
 from inspectd.persist import Store
+from inspectd.registry import bundled_model_dir, read_meta
 from tests.conftest import DaemonProcess, Workspace, free_port, metric, png_bytes, wait_until, write_burst
 
 
@@ -192,6 +193,9 @@ def test_three_workers_one_folder_one_killed(postgres_url: str, tmp_path: Path) 
             proc.kill()
 
 
+BUNDLED = read_meta(bundled_model_dir()).version
+
+
 def _copy_version(models: Path, source: str, version: str) -> None:
     target = models / "versions" / version
     shutil.copytree(models / "versions" / source, target)
@@ -206,7 +210,7 @@ def test_promotions_in_the_database_switch_every_station_unless_pinned(
 ) -> None:
     shared_models = tmp_path / "models"
     stations = []
-    for name, pin in (("a", None), ("b", None), ("c", "bundled-1")):
+    for name, pin in (("a", None), ("b", None), ("c", BUNDLED)):
         ws = Workspace(tmp_path / name, free_port(), postgres_url)
         ws.root.mkdir()
         model: dict[str, Any] = {"num_threads": 1} if pin is None else {"num_threads": 1, "pin": pin}
@@ -217,7 +221,7 @@ def test_promotions_in_the_database_switch_every_station_unless_pinned(
     try:
         for proc in procs:
             proc.wait_ready()
-        _copy_version(shared_models, "bundled-1", "shared-2")
+        _copy_version(shared_models, BUNDLED, "shared-2")
 
         def versions() -> list[str | None]:
             out = []
@@ -229,15 +233,15 @@ def test_promotions_in_the_database_switch_every_station_unless_pinned(
         stations[0].cli("promote", "shared-2")  # every station that follows the database
         wait_until(lambda: versions()[:2] == ["shared-2", "shared-2"], 15, "a and b to switch")
         assert procs[0].events("model.reloaded")[-1]["source"] == "database"
-        stations[1].cli("promote", "bundled-1", "--station", "b")  # b alone goes back
-        wait_until(lambda: versions()[1] == "bundled-1", 15, "b to switch back")
+        stations[1].cli("promote", BUNDLED, "--station", "b")  # b alone goes back
+        wait_until(lambda: versions()[1] == BUNDLED, 15, "b to switch back")
         time.sleep(2.5)  # more than one model poll: c is pinned, a stays
-        assert versions() == ["shared-2", "bundled-1", None]
+        assert versions() == ["shared-2", BUNDLED, None]
         for i, ws in enumerate(stations):
             ws.drop(f"{ws.root.name}.png", png_bytes(70 + i))
         rows = wait_until(lambda: len(stations[0].rows()) == 3 and stations[0].rows(), 30, "3 rows")
         by_station = {r["station"]: r["model_version"] for r in rows}
-        assert by_station == {"a": "shared-2", "b": "bundled-1", "c": "bundled-1"}
+        assert by_station == {"a": "shared-2", "b": BUNDLED, "c": BUNDLED}
         listing = stations[0].cli("models").stdout
         assert "* shared-2" in listing and "from the database" in listing
         for proc in procs:

@@ -17,13 +17,14 @@ from inspectd.train.bundled import Recipe, build
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--version", default="bundled-1")
+    parser.add_argument("--version", default="bundled-2")
     parser.add_argument("--epochs", type=int, default=Recipe.epochs)
+    parser.add_argument("--quantize", choices=["none", "dynamic", "int8"], default=Recipe.quantize)
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args()
     if args.out.exists() and args.force:
         shutil.rmtree(args.out)
-    meta = build(args.out, args.version, Recipe(epochs=args.epochs))
+    meta = build(args.out, args.version, Recipe(epochs=args.epochs, quantize=args.quantize))
     print(json.dumps(meta.metrics, indent=2))
 
 

@@ -9,13 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from inspectd.infer import sigmoid
 from inspectd.registry import ModelMeta
 from inspectd.synth import SynthSpec
+from inspectd.train import report
 from inspectd.train.data import synthetic_arrays
-from inspectd.train.evaluate import binary_metrics, platt
-from inspectd.train.export import export_version
+from inspectd.train.evaluate import binary_metrics
+from inspectd.train.export import Quantize, convert, export_version
+from inspectd.train.fit import representative
 from inspectd.train.model import small_cnn
-from inspectd.train.report import choose_threshold
 from inspectd.train.tf import keras, tensorflow
 
 
@@ -29,6 +31,7 @@ class Recipe:
     batch: int = 64
     learning_rate: float = 2e-3
     seed: int = 7
+    quantize: Quantize = "int8"
 
 
 def build(out: Path, version: str, recipe: Recipe, log: Any = print) -> ModelMeta:
@@ -58,12 +61,10 @@ def build(out: Path, version: str, recipe: Recipe, log: Any = print) -> ModelMet
         callbacks=[stop, schedule],
         verbose=2,
     )
-    val_logits = np.asarray(model.predict(x_val, batch_size=256, verbose=0), np.float32).reshape(-1)
-    a, b = platt(y_val, val_logits)
-    val_scores = 1 / (1 + np.exp(-(a * val_logits + b)))
-    threshold = choose_threshold(y_val, val_scores.astype(np.float32), "best_f1", 1.0)
-    hold_logits = np.asarray(model.predict(x_hold, batch_size=256, verbose=0), np.float32).reshape(-1)
-    hold_scores = (1 / (1 + np.exp(-(a * hold_logits + b)))).astype(np.float32)
+    sample = representative(x_train, recipe.seed)
+    converted = convert(model, recipe.input_size, recipe.quantize, sample, x_val, y_val)
+    (a, b), threshold = report.calibrate(y_val, converted.logits(x_val), "best_f1", 1.0)
+    hold_scores = sigmoid(np.float32(a) * converted.logits(x_hold) + np.float32(b))
     metrics = {"holdout": binary_metrics(y_hold, hold_scores, threshold)}
     training = {
         "recipe": asdict(recipe),
@@ -73,6 +74,4 @@ def build(out: Path, version: str, recipe: Recipe, log: Any = print) -> ModelMet
         "tensorflow": tf.__version__,
         "parameters": int(model.count_params()),
     }
-    return export_version(
-        model, out, version, recipe.input_size, threshold, (a, b), x_hold[:8], metrics, training
-    )
+    return export_version(converted, out, version, threshold, (a, b), x_hold[:8], metrics, training)

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inspectd.infer import sigmoid
 from inspectd.labels import Labeled
-from inspectd.train.evaluate import binary_metrics
+from inspectd.train.evaluate import binary_metrics, platt
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
@@ -171,3 +172,13 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def calibrate(
+    labels: npt.NDArray[np.int_], logits: npt.NDArray[np.float32], policy: str, target_recall: float
+) -> tuple[tuple[float, float], float]:
+    """Platt scaling fitted on validation logits, then the operating threshold on the calibrated scores
+    by ``policy``: ((a, b), threshold)."""
+    a, b = platt(labels, logits)
+    scores = sigmoid(np.float32(a) * logits + np.float32(b))
+    return (a, b), choose_threshold(labels, scores, policy, target_recall)

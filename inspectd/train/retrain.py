@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Engine
 
 from inspectd import activations, labels, logs
 from inspectd.config import Config, GateConfig, ModelConfig, RetrainConfig
 from inspectd.decode import DecodeLimits
-from inspectd.infer import Inferencer, ModelLoadError, sigmoid
+from inspectd.infer import Inferencer, ModelLoadError
 from inspectd.registry import ModelRegistry, Tiling, write_meta
 from inspectd.tiles import View, view_for
-from inspectd.train import augment, report
-from inspectd.train.backbones import Built, build, unfreeze_top
+from inspectd.train import report
 from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, score_frames, split
-from inspectd.train.evaluate import platt
-from inspectd.train.export import export_version
+from inspectd.train.export import Converted, convert, export_version
+from inspectd.train.fit import Trained, train_arrays
 from inspectd.train.tf import keras, tensorflow
 from inspectd.train.tiled import train_tiled
 
@@ -74,136 +69,17 @@ def gather(engine: Engine, cfg: Config, data: Path | None) -> list[labels.Labele
     return list(items.values())
 
 
-def confusion_images(x: npt.NDArray[np.float32], y: npt.NDArray[np.int_], logdir: Path) -> Any:
-    """A Keras callback: the validation confusion matrix as a TensorBoard image after every epoch."""
-    k = keras()
-    tf = tensorflow()
-    writer = tf.summary.create_file_writer(str(logdir / "confusion"))
-
-    class ConfusionImages(k.callbacks.Callback):  # type: ignore[misc,name-defined]
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            predicted = (np.asarray(self.model(x, training=False)).reshape(-1) >= 0).astype(int)
-            cm = {
-                "tn": int(((predicted == 0) & (y == 0)).sum()),
-                "fp": int(((predicted == 1) & (y == 0)).sum()),
-                "fn": int(((predicted == 0) & (y == 1)).sum()),
-                "tp": int(((predicted == 1) & (y == 1)).sum()),
-            }
-            buffer = io.BytesIO()
-            report.confusion_figure(cm, f"validation, epoch {epoch + 1}").savefig(
-                buffer, format="png", dpi=72
-            )
-            image = tf.image.decode_png(buffer.getvalue(), channels=4)[tf.newaxis]
-            with writer.as_default():
-                tf.summary.image("confusion_matrix", image, step=epoch)
-
-    return ConfusionImages()
-
-
-def _fit(
-    model: Any,
-    rc: RetrainConfig,
-    x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int_],
-    xv: npt.NDArray[np.float32],
-    yv: npt.NDArray[np.int_],
-    run_dir: Path,
-    learning_rate: float,
-    epochs: int,
-    initial_epoch: int,
-) -> int:
-    tf = tensorflow()
-    k = keras()
-    aug = augment.pipeline(rc.augment, rc.seed)
-    train = (
-        tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
-        .shuffle(len(x), seed=rc.seed, reshuffle_each_iteration=True)
-        .batch(rc.batch_size)
+def calibrate_converted(
+    trained: Trained, rc: RetrainConfig, size: tuple[int, int]
+) -> tuple[Converted, tuple[float, float], float]:
+    """Convert (quantized as configured), then fit calibration and threshold on the converted network's
+    validation logits: the scores the daemon will compute."""
+    converted = convert(
+        trained.model, size, rc.quantize, trained.representative, trained.check_x, trained.check_y
     )
-    if aug is not None:
-        train = train.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
-    train = train.prefetch(2)
-    n, positives = len(y), int(y.sum())
-    class_weight = {0: n / (2 * (n - positives)), 1: n / (2 * positives)}
-    model.compile(
-        optimizer=k.optimizers.Adam(learning_rate),
-        loss=k.losses.BinaryCrossentropy(from_logits=True),
-        metrics=[
-            k.metrics.AUC(from_logits=True, name="auc"),
-            k.metrics.Precision(thresholds=0.0, name="precision"),
-            k.metrics.Recall(thresholds=0.0, name="recall"),
-        ],
-    )
-    callbacks = [
-        k.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=rc.patience, restore_best_weights=True
-        ),
-        k.callbacks.ReduceLROnPlateau(
-            monitor="val_auc", mode="max", factor=0.3, patience=max(1, rc.patience // 2)
-        ),
-        k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
-        confusion_images(xv, yv, run_dir / "tensorboard"),
-    ]
-    history = model.fit(
-        train,
-        validation_data=(xv, yv.astype(np.float32)),
-        epochs=initial_epoch + epochs,
-        initial_epoch=initial_epoch,
-        class_weight=class_weight,
-        shuffle=False,  # the dataset shuffles itself each epoch
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    return initial_epoch + len(history.history["loss"])
-
-
-@dataclass(frozen=True)
-class Trained:
-    model: Any
-    weights: str  # where the backbone's starting weights came from
-    epochs_run: int
-    calibration: tuple[float, float]
-    threshold: float
-    samples: npt.NDArray[np.float32] | None = None  # model inputs for the version's self-test
-
-
-def train_arrays(
-    rc: RetrainConfig,
-    x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int_],
-    xv: npt.NDArray[np.float32],
-    yv: npt.NDArray[np.int_],
-    run_dir: Path,
-    model: Any | None = None,
-) -> Trained:
-    """The training recipe itself: build, fit (two phases for a pretrained backbone), calibrate on the
-    validation set, and choose the operating threshold there by the configured policy. ``model``: go on
-    training that one instead of building a new one."""
-    if model is not None:
-        built = Built(model, None, "continued")
-    else:
-        built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
-    epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
-    if built.base is not None and rc.fine_tune_epochs:
-        trainable = unfreeze_top(built.base, rc.fine_tune_layers)
-        log.info("fine_tune.start", trainable_layers=trainable)
-        epochs_run = _fit(
-            built.model,
-            rc,
-            x,
-            y,
-            xv,
-            yv,
-            run_dir,
-            rc.fine_tune_learning_rate,
-            rc.fine_tune_epochs,
-            epochs_run,
-        )
-    val_logits = np.asarray(built.model.predict(xv, batch_size=128, verbose=0), np.float32).reshape(-1)
-    a, b = platt(yv, val_logits)
-    val_scores = sigmoid(np.float32(a) * val_logits + np.float32(b))
-    threshold = report.choose_threshold(yv, val_scores, rc.threshold_policy, rc.target_recall)
-    return Trained(built.model, built.weights, epochs_run, (a, b), threshold)
+    logits, labels = trained.frames(converted.logits)
+    calibration, threshold = report.calibrate(labels, logits, rc.threshold_policy, rc.target_recall)
+    return converted, calibration, threshold
 
 
 def retrain(
@@ -235,8 +111,8 @@ def retrain(
         x, y, _ = load(parts.train, view, limits)
         xv, yv, _ = load(parts.validation, view, limits)
         trained = train_arrays(rc, x, y, xv, yv, run_dir)
-        trained = replace(trained, samples=xv[:8])
     trained.model.save(run_dir / "model.keras")
+    converted, calibration, threshold = calibrate_converted(trained, rc, size)
     training = {
         "tile": rc.tile,
         "tile_overlap": rc.tile_overlap if rc.tile else None,
@@ -252,13 +128,12 @@ def retrain(
     }
     candidate_dir = run_dir / "version"
     meta = export_version(
-        trained.model,
+        converted,
         candidate_dir,
         version,
-        size,
-        trained.threshold,
-        trained.calibration,
-        trained.samples if trained.samples is not None else np.zeros((1, *size, 1), np.float32),
+        threshold,
+        calibration,
+        trained.samples,
         {},
         training,
         Tiling(tile=rc.tile, overlap=rc.tile_overlap) if rc.tile else None,

@@ -15,8 +15,8 @@ frame), since the daemon decides per frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,13 +24,11 @@ import numpy.typing as npt
 from inspectd import logs
 from inspectd.config import RetrainConfig
 from inspectd.decode import DecodeLimits
-from inspectd.infer import sigmoid
 from inspectd.labels import Labeled
 from inspectd.records import Decoded
 from inspectd.tiles import View, intersection
-from inspectd.train import report
 from inspectd.train.dataset import NotEnoughLabels, decoded_items
-from inspectd.train.evaluate import platt
+from inspectd.train.fit import LogitFn, Trained, keras_logits, train_arrays
 
 log = logs.get("inspectd.train.tiled")
 
@@ -79,16 +77,16 @@ def tile_examples(
 
 
 def frame_logits(
-    model: Any, items: Sequence[Labeled], view: View, limits: DecodeLimits, workers: int = 4
+    logits: LogitFn, items: Sequence[Labeled], view: View, limits: DecodeLimits, workers: int = 4
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], npt.NDArray[np.float32]]:
-    """For each frame: its highest tile logit, its label, and that best tile (the Keras model)."""
+    """For each frame: its highest tile logit (by ``logits``, a network), its label, and that best tile."""
     best_logit: list[float] = []
     labels: list[int] = []
     best_tile: list[npt.NDArray[np.float32]] = []
     for decoded, item in decoded_items(items, view, limits, 8, workers):
-        logits = np.asarray(model.predict(decoded.tiles, batch_size=256, verbose=0)).reshape(-1)
-        best = int(np.argmax(logits))
-        best_logit.append(float(logits[best]))
+        tile_logits = logits(decoded.tiles)
+        best = int(np.argmax(tile_logits))
+        best_logit.append(float(tile_logits[best]))
         labels.append(item.label)
         best_tile.append(decoded.tiles[best])
     tiles = np.stack(best_tile) if best_tile else np.zeros((0, *view.input_size, 1), np.float32)
@@ -102,10 +100,9 @@ def train_tiled(
     validation: Sequence[Labeled],
     limits: DecodeLimits,
     run_dir: Path,
-) -> Any:
-    """Returns a ``Trained`` whose calibration and threshold are per frame."""
-    from inspectd.train.retrain import Trained, train_arrays
-
+) -> Trained:
+    """Trained on tiles; its ``frames`` give per-frame validation logits (calibration and the threshold
+    are per frame)."""
     assert rc.tile is not None
     view = View((rc.input_size, rc.input_size), roi, rc.tile, rc.tile_overlap)
     x, y, unboxed = tile_examples(train, view, limits, rc.seed)
@@ -121,15 +118,16 @@ def train_tiled(
     trained = train_arrays(rc, x, y, xv, yv, run_dir)
     epochs = trained.epochs_run
     if unboxed:  # multiple-instance step: each unboxed present frame's best tile becomes a positive
-        _, _, tiles = frame_logits(trained.model, unboxed, view, limits)
+        _, _, tiles = frame_logits(keras_logits(trained.model), unboxed, view, limits)
         log.info("tiles.pseudo_labeled", frames=len(tiles))
         again = rc.model_copy(update={"epochs": max(2, rc.epochs // 3)})
-        x2 = np.concatenate([x, tiles])
-        y2 = np.concatenate([y, np.ones(len(tiles), np.int_)])
-        trained = train_arrays(again, x2, y2, xv, yv, run_dir, model=trained.model)
+        x = np.concatenate([x, tiles])
+        y = np.concatenate([y, np.ones(len(tiles), np.int_)])
+        trained = train_arrays(again, x, y, xv, yv, run_dir, model=trained.model)
         epochs += trained.epochs_run
-    val_logits, val_labels, _ = frame_logits(trained.model, validation, view, limits)
-    a, b = platt(val_labels, val_logits)
-    scores = sigmoid(np.float32(a) * val_logits + np.float32(b))
-    threshold = report.choose_threshold(val_labels, scores, rc.threshold_policy, rc.target_recall)
-    return Trained(trained.model, trained.weights, epochs, (a, b), threshold, xv[:8])
+
+    def frames(logits: LogitFn) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_]]:
+        frame, labels, _ = frame_logits(logits, validation, view, limits)
+        return frame, labels
+
+    return replace(trained, epochs_run=epochs, frames=frames)

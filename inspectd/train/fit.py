@@ -1,0 +1,179 @@
+"""The training recipe: build a network, fit it (two phases for a pretrained backbone), and hand over
+what conversion and calibration need. Calibration is not done here: it is fitted later, on the network
+that ships (export.py), whose logits a quantized conversion changes."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inspectd import logs
+from inspectd.config import RetrainConfig
+from inspectd.train import augment, report
+from inspectd.train.backbones import Built, build, unfreeze_top
+from inspectd.train.tf import keras, tensorflow
+
+log = logs.get("inspectd.train.fit")
+
+
+def confusion_images(x: npt.NDArray[np.float32], y: npt.NDArray[np.int_], logdir: Path) -> Any:
+    """A Keras callback: the validation confusion matrix as a TensorBoard image after every epoch."""
+    k = keras()
+    tf = tensorflow()
+    writer = tf.summary.create_file_writer(str(logdir / "confusion"))
+
+    class ConfusionImages(k.callbacks.Callback):  # type: ignore[misc,name-defined]
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            predicted = (np.asarray(self.model(x, training=False)).reshape(-1) >= 0).astype(int)
+            cm = {
+                "tn": int(((predicted == 0) & (y == 0)).sum()),
+                "fp": int(((predicted == 1) & (y == 0)).sum()),
+                "fn": int(((predicted == 0) & (y == 1)).sum()),
+                "tp": int(((predicted == 1) & (y == 1)).sum()),
+            }
+            buffer = io.BytesIO()
+            report.confusion_figure(cm, f"validation, epoch {epoch + 1}").savefig(
+                buffer, format="png", dpi=72
+            )
+            image = tf.image.decode_png(buffer.getvalue(), channels=4)[tf.newaxis]
+            with writer.as_default():
+                tf.summary.image("confusion_matrix", image, step=epoch)
+
+    return ConfusionImages()
+
+
+def _fit(
+    model: Any,
+    rc: RetrainConfig,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int_],
+    xv: npt.NDArray[np.float32],
+    yv: npt.NDArray[np.int_],
+    run_dir: Path,
+    learning_rate: float,
+    epochs: int,
+    initial_epoch: int,
+) -> int:
+    tf = tensorflow()
+    k = keras()
+    aug = augment.pipeline(rc.augment, rc.seed)
+    train = (
+        tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
+        .shuffle(len(x), seed=rc.seed, reshuffle_each_iteration=True)
+        .batch(rc.batch_size)
+    )
+    if aug is not None:
+        train = train.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.prefetch(2)
+    n, positives = len(y), int(y.sum())
+    class_weight = {0: n / (2 * (n - positives)), 1: n / (2 * positives)}
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate),
+        loss=k.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[
+            k.metrics.AUC(from_logits=True, name="auc"),
+            k.metrics.Precision(thresholds=0.0, name="precision"),
+            k.metrics.Recall(thresholds=0.0, name="recall"),
+        ],
+    )
+    callbacks = [
+        k.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=rc.patience, restore_best_weights=True
+        ),
+        k.callbacks.ReduceLROnPlateau(
+            monitor="val_auc", mode="max", factor=0.3, patience=max(1, rc.patience // 2)
+        ),
+        k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
+        confusion_images(xv, yv, run_dir / "tensorboard"),
+    ]
+    history = model.fit(
+        train,
+        validation_data=(xv, yv.astype(np.float32)),
+        epochs=initial_epoch + epochs,
+        initial_epoch=initial_epoch,
+        class_weight=class_weight,
+        shuffle=False,  # the dataset shuffles itself each epoch
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return initial_epoch + len(history.history["loss"])
+
+
+LogitFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+REPRESENTATIVE = 256  # training inputs that set an int8 network's activation ranges
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: Any
+    weights: str  # where the backbone's starting weights came from
+    epochs_run: int
+    check_x: npt.NDArray[np.float32]  # labeled validation inputs the conversion is checked on
+    check_y: npt.NDArray[np.int_]
+    representative: npt.NDArray[np.float32]  # training inputs for int8 activation ranges
+    samples: npt.NDArray[np.float32]  # model inputs for the version's self-test
+    # per-frame validation logits and labels of a network (the Keras one, or the converted one):
+    # calibration and the threshold are fitted on them
+    frames: Callable[[LogitFn], tuple[npt.NDArray[np.float32], npt.NDArray[np.int_]]]
+
+
+def representative(x: npt.NDArray[np.float32], seed: int) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    return x[np.sort(rng.choice(len(x), size=min(REPRESENTATIVE, len(x)), replace=False))]
+
+
+def train_arrays(
+    rc: RetrainConfig,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int_],
+    xv: npt.NDArray[np.float32],
+    yv: npt.NDArray[np.int_],
+    run_dir: Path,
+    model: Any | None = None,
+) -> Trained:
+    """The training recipe itself: build, fit (two phases for a pretrained backbone). ``model``: go on
+    training that one instead of building a new one. Calibration comes later, on the converted network."""
+    if model is not None:
+        built = Built(model, None, "continued")
+    else:
+        built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
+    epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
+    if built.base is not None and rc.fine_tune_epochs:
+        trainable = unfreeze_top(built.base, rc.fine_tune_layers)
+        log.info("fine_tune.start", trainable_layers=trainable)
+        epochs_run = _fit(
+            built.model,
+            rc,
+            x,
+            y,
+            xv,
+            yv,
+            run_dir,
+            rc.fine_tune_learning_rate,
+            rc.fine_tune_epochs,
+            epochs_run,
+        )
+    return Trained(
+        built.model,
+        built.weights,
+        epochs_run,
+        xv,
+        yv,
+        representative(x, rc.seed),
+        xv[:8],
+        lambda logits: (logits(xv), yv),
+    )
+
+
+def keras_logits(model: Any) -> LogitFn:
+    def run(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return np.asarray(model.predict(x, batch_size=128, verbose=0), np.float32).reshape(-1)
+
+    return run
