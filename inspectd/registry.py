@@ -165,17 +165,29 @@ class ModelRegistry:
         for name in (MODEL_FILE, META_FILE, SELFTEST_FILE):
             if (source / name).is_file():
                 shutil.copy2(source / name, staging / name)
-        staging.replace(target)
+        try:
+            staging.replace(target)
+        except OSError:  # another station installed it first
+            shutil.rmtree(staging, ignore_errors=True)
+            if not target.is_dir() or read_meta(target).model_sha256 != meta.model_sha256:
+                raise
         return meta
 
     def ensure_active(self) -> str:
-        """The active version; on an empty registry, install and activate the bundled model."""
+        """The active version; on an empty registry, install and activate the bundled model. A registry
+        made by an older release gets the newer bundled version installed beside its own, not activated
+        (it would change every score without anyone asking: ``inspectd promote`` it)."""
         active = self.active_version()
+        try:
+            bundled = self.install(bundled_model_dir())
+        except (OSError, RegistryError):
+            if active is None:
+                raise
+            return active  # a read-only shared registry, say: the active version is what matters
         if active is not None:
             return active
-        meta = self.install(bundled_model_dir())
-        self.activate(meta.version, reason="bundled default")
-        return meta.version
+        self.activate(bundled.version, reason="bundled default")
+        return bundled.version
 
 
 def write_meta(version_dir: Path, meta: ModelMeta) -> None:

@@ -81,6 +81,18 @@ def test_calls_cover_the_batch_with_little_padding(n: int) -> None:
         assert size - take <= size / 4
 
 
+def test_registry_of_an_older_release_gets_the_new_bundled_version_beside_its_own(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    bundled = read_meta(bundled_model_dir()).version
+    registry.ensure_active()
+    old = copy_version(registry, "bundled-0")  # what an older release installed and activated
+    registry.activate("bundled-0")
+    shutil.rmtree(registry.version_dir(bundled))
+    assert registry.ensure_active() == "bundled-0"  # still active: nobody asked for a change
+    assert registry.version_dir(bundled).is_dir() and old.is_dir()
+    Inferencer.load(registry.version_dir(bundled))  # installed complete, ready to promote
+
+
 def test_corrupt_model_file_is_refused(registry: ModelRegistry) -> None:
     target = copy_version(registry, "corrupt-1")
     (target / "model.tflite").write_bytes(b"\0" * 1000)
