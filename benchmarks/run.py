@@ -13,6 +13,8 @@ bench-results/cache/). Measured in one run, on the same files:
              ceilings measured around it (the median round is reported); then a steady rate at half that
              throughput for latency percentiles (file ready -> row committed, the daemon's own clock);
              one image alone; start-up to ready; peak and steady RSS
+  CPU        CPU time per image of the ceiling's process and of the daemon's during each burst: how much
+             more work the daemon does per image, less swayed than rates by what else the machine runs
   runtimes   inference cost per image of the bundled network, batch of 32: LiteRT running the shipped
              (int8) network, what the daemon runs; LiteRT running the same architecture in float; a
              compiled TensorFlow call (tf.function with a fixed input signature)
@@ -35,6 +37,7 @@ import time
 import urllib.request
 import zlib
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +74,22 @@ def workload(count: int, cache: Path) -> list[Path]:
     return files
 
 
-def ceiling(files: list[Path], size: tuple[int, int]) -> float:
+@dataclass(frozen=True)
+class Run:
+    images_per_s: float
+    cpu_ms_per_image: float  # CPU time of every thread of the process doing the work, per image
+
+
+def ceiling(files: list[Path], size: tuple[int, int]) -> Run:
     def one(path: Path) -> None:
         image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
         assert image is not None, path
         preprocess(image, size)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(one, files))
-    return len(files) / (time.perf_counter() - started)
+    return Run(len(files) / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / len(files))
 
 
 class NaiveBase(DeclarativeBase):
@@ -199,6 +208,11 @@ class Daemon:
                 )
             ]
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the daemon process so far, all threads."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mib(self) -> tuple[float, float]:
         fields = dict(
             line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
@@ -238,12 +252,13 @@ def stage(files: list[Path], folder: Path, prefix: str) -> list[tuple[Path, Path
     return pairs
 
 
-def burst(daemon: Daemon, files: list[Path], prefix: str) -> float:
+def burst(daemon: Daemon, files: list[Path], prefix: str) -> Run:
     """All ``files`` renamed into incoming at once: images/s from the first rename until every row is
     committed and incoming is empty (archive moves included). The archive is emptied afterwards."""
     root = daemon.root
     pairs = stage(files, root / "staging", prefix)
     before = daemon.rows()
+    cpu = daemon.cpu_s()
     started = time.monotonic()
     for staged, target in pairs:
         staged.rename(target)
@@ -251,8 +266,9 @@ def burst(daemon: Daemon, files: list[Path], prefix: str) -> float:
     while any((root / "var" / "incoming").iterdir()):
         time.sleep(0.01)
     elapsed = time.monotonic() - started
+    used = daemon.cpu_s() - cpu
     shutil.rmtree(root / "var" / "processed", ignore_errors=True)
-    return len(pairs) / elapsed
+    return Run(len(pairs) / elapsed, 1000 * used / len(pairs))
 
 
 def run_inspectd(
@@ -266,21 +282,27 @@ def run_inspectd(
     daemon = Daemon(root, port)
     result: dict[str, Any] = {"startup_s": daemon.startup_s}
     try:
-        ceilings = [ceiling(files, size)]
-        bursts: list[float] = []
+        ceiling_runs = [ceiling(files, size)]
+        burst_runs: list[Run] = []
         for r in range(rounds):
-            bursts.append(burst(daemon, files, f"burst{r}"))
+            burst_runs.append(burst(daemon, files, f"burst{r}"))
             result["rss_after_burst_mib"], result["peak_rss_mib"] = daemon.rss_mib()
-            ceilings.append(ceiling(files, size))
+            ceiling_runs.append(ceiling(files, size))
             print(
-                f"round {r + 1}: ceiling {ceilings[-2]:.1f}, inspectd {bursts[-1]:.1f}, "
-                f"ceiling {ceilings[-1]:.1f} images/s",
+                f"round {r + 1}: ceiling {ceiling_runs[-2].images_per_s:.1f}, "
+                f"inspectd {burst_runs[-1].images_per_s:.1f}, "
+                f"ceiling {ceiling_runs[-1].images_per_s:.1f} images/s",
                 flush=True,
             )
+        ceilings = [c.images_per_s for c in ceiling_runs]
+        bursts = [b.images_per_s for b in burst_runs]
         result["ceiling_runs_images_per_s"] = ceilings
         result["burst_runs_images_per_s"] = bursts
         result["round_ratios"] = [b / ((ceilings[i] + ceilings[i + 1]) / 2) for i, b in enumerate(bursts)]
         result["burst_images_per_s"] = statistics.median(bursts)
+        # CPU per image: what each costs, whatever else the machine runs meanwhile (less noisy than rates)
+        result["ceiling_cpu_ms_per_image"] = [c.cpu_ms_per_image for c in ceiling_runs]
+        result["burst_cpu_ms_per_image"] = [b.cpu_ms_per_image for b in burst_runs]
 
         rate = result["burst_images_per_s"] / 2
         count = max(20, int(rate * steady_s))
@@ -341,7 +363,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3, help="bursts, each between two ceiling runs")
+    parser.add_argument("--rounds", type=int, default=5, help="bursts, each between two ceiling runs")
     parser.add_argument("--naive-images", type=int, default=200)
     parser.add_argument("--steady-seconds", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=19208)
@@ -378,6 +400,8 @@ def main() -> None:
         # each burst against the mean of the ceilings measured just before and after it; the median round
         "inspectd_over_ceiling": statistics.median(results["inspectd"]["round_ratios"]),
         "inspectd_over_naive": ours / results["naive_images_per_s"],
+        "ceiling_cpu_over_inspectd_cpu": statistics.median(results["inspectd"]["ceiling_cpu_ms_per_image"])
+        / statistics.median(results["inspectd"]["burst_cpu_ms_per_image"]),
         "shipped_over_fastest_runtime": shipped / fastest,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,6 +428,12 @@ def report(r: dict[str, Any]) -> None:
         ),
         ("inspectd / ceiling (median round)", f"{r['ratios']['inspectd_over_ceiling']:.2f} ({rounds})"),
         ("inspectd / naive", f"{r['ratios']['inspectd_over_naive']:.1f}x"),
+        (
+            "CPU per image: ceiling / inspectd (medians)",
+            f"{statistics.median(d['ceiling_cpu_ms_per_image']):.2f} / "
+            f"{statistics.median(d['burst_cpu_ms_per_image']):.2f} ms "
+            f"({r['ratios']['ceiling_cpu_over_inspectd_cpu']:.2f})",
+        ),
         (
             f"latency at {d['steady_rate_per_s']:.0f}/s (half max): p50 / p95 / p99",
             " / ".join(f"{d['latency_ms'][k]:.0f}" for k in ("p50", "p95", "p99")) + " ms",
