@@ -143,10 +143,14 @@ def test_same_bytes_twice_give_one_row(upgraded: Workspace, daemon: Start) -> No
 def test_sigterm_mid_burst_loses_nothing(upgraded: Workspace, daemon: Start) -> None:
     upgraded.write_config(batch={"max_size": 4})
     proc = daemon()
-    total = 60
+    total = 300  # renamed in at once: far more than the daemon finishes before the stop reaches it
+    staging = upgraded.root / "staging"
+    staging.mkdir()
     for i in range(total):
-        upgraded.drop(f"burst-{i:03d}.png", png_bytes(1000 + i))
-    wait_until(lambda: len(upgraded.rows()) >= 4, 30, "the first rows")
+        (staging / f"burst-{i:03d}.png").write_bytes(png_bytes(1000 + i))
+    for i in range(total):
+        (staging / f"burst-{i:03d}.png").rename(upgraded.incoming / f"burst-{i:03d}.png")
+    wait_until(lambda: len(upgraded.rows()) >= 4, 30, "the first rows", interval=0.01)
     assert proc.stop() == 0
     rows = upgraded.rows()
     assert len(rows) < total, "stopped too late to test anything"
