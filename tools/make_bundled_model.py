@@ -17,7 +17,12 @@ from inspectd.train.bundled import Recipe, build
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--version", default="bundled-2")
+    parser.add_argument(
+        "--version",
+        default="bundled-2",
+        help="a new name whenever the weights change: versions are immutable, and registries that "
+        "installed the old weights under this name refuse different ones",
+    )
     parser.add_argument("--epochs", type=int, default=Recipe.epochs)
     parser.add_argument("--quantize", choices=["none", "dynamic", "int8"], default=Recipe.quantize)
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
