@@ -20,11 +20,11 @@ def plan(root: Path, when: datetime, name: str, sha256: str, taken: set[Path]) -
     """A free destination for ``name`` in today's folder; ``taken`` holds those planned in this batch."""
     folder = root / when.strftime("%Y-%m-%d")
     dest = folder / name
-    if dest in taken or dest.exists() or dest.is_symlink():
+    if dest in taken or _occupied(dest):
         stem, dot, suffix = name.rpartition(".")
         dest = folder / (f"{stem}.{sha256[:12]}.{suffix}" if dot else f"{name}.{sha256[:12]}")
         n = 1
-        while dest in taken or dest.exists() or dest.is_symlink():
+        while dest in taken or _occupied(dest):
             dest = folder / f"{dest.name}.{n}"
             n += 1
     taken.add(dest)
@@ -58,6 +58,11 @@ def move(src: Path, dest: Path) -> None:
     src.unlink()
 
 
+def _occupied(path: Path) -> bool:
+    """Something is at ``path``: a file, a directory, or a link (a dangling one too)."""
+    return path.exists() or path.is_symlink()
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Both names are one inode (the names themselves: links not followed)."""
     try:
@@ -68,7 +73,7 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def _rename(src: Path, dest: Path) -> None:
-    if dest.exists() or dest.is_symlink():
+    if _occupied(dest):
         raise FileExistsError(f"{dest} already exists")
     src.replace(dest)
 
@@ -84,7 +89,7 @@ def _copy(src: Path, dest: Path) -> None:
             if not tmp.is_symlink():
                 with tmp.open("rb") as fh:
                     os.fsync(fh.fileno())
-        if dest.exists() or dest.is_symlink():
+        if _occupied(dest):
             raise FileExistsError(f"{dest} already exists")
         tmp.replace(dest)
     except OSError:
