@@ -1,7 +1,8 @@
 """Readiness stage: decides when a file in the incoming folder is completely written.
 
-- close-after-write and rename-into-the-folder events make a file ready at once;
-- a bare ``created`` (a rename in from a sibling folder), a file found by a scan, and every event of the
+- close-after-write and rename-into-the-folder events (from within it or from another folder) make a
+  file ready at once;
+- a bare ``created`` (an open that has not closed yet), a file found by a scan, and every event of the
   polling observer make it a candidate, ready once its size and mtime have not changed for ``settle_s``;
 - a file seen being written (modify events) waits for its close; if none comes (a writer that died) it
   is taken once unchanged for ``stale_s``;

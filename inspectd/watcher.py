@@ -16,7 +16,6 @@ from watchdog.events import (
     FileMovedEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -36,7 +35,12 @@ class _Handler(FileSystemEventHandler):
         self._readiness.completed(_path(event.src_path))
 
     def on_moved(self, event: FileMovedEvent | DirMovedEvent) -> None:
-        self._readiness.gone(_path(event.src_path))
+        # inotify with full events: an empty source is a rename in from outside the folder, an empty
+        # destination a rename out of it (no 0.5 s wait for a partner that will never come)
+        if event.src_path:
+            self._readiness.gone(_path(event.src_path))
+        if not event.dest_path:
+            return
         dest = _path(event.dest_path)
         if self._close_events and not event.is_directory:
             self._readiness.completed(dest)  # rename() is atomic: the new name is complete
@@ -44,6 +48,8 @@ class _Handler(FileSystemEventHandler):
             self._readiness.touched(dest, writing=False)
 
     def on_created(self, event: FileCreatedEvent | DirCreatedEvent) -> None:
+        # inotify: an open(O_CREAT); its close (or, for a writer that died, the stale time) completes it.
+        # Polling observer: anything new, complete once unchanged for the settle time.
         self._readiness.touched(_path(event.src_path), writing=False)
 
     # No on_opened: an open may be a reader (our own read included, its event arriving late); a writer
@@ -71,7 +77,15 @@ HANDLED = [
 
 
 def start_observer(readiness: Readiness, kind: str, poll_interval_s: float) -> BaseObserver:
-    observer: BaseObserver = PollingObserver(timeout=poll_interval_s) if kind == "polling" else Observer()
+    observer: BaseObserver
+    if kind == "polling":
+        observer = PollingObserver(timeout=poll_interval_s)
+    else:
+        # full events: a file renamed in from another folder arrives as a move with an empty source,
+        # complete at once, instead of as a bare create that must wait out the settle time
+        from watchdog.observers.inotify import InotifyObserver  # Linux only
+
+        observer = InotifyObserver(generate_full_events=True)
     observer.schedule(
         _Handler(readiness, close_events=kind != "polling"),
         str(readiness.folder),

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from inspectd.readiness import Readiness
+from inspectd.watcher import start_observer
 
 
 class FakeClock:
@@ -151,3 +156,52 @@ def test_take_respects_max(tmp_path: Path) -> None:
         r.completed(tmp_path / f"{i}.png")
     assert len(r.take(3, 0)) == 3
     assert len(r.take(10, 0)) == 4
+
+
+HOLD_OPEN = "import sys\nf = open(sys.argv[1], 'wb')\nf.write(b'x')\nf.flush()\nsys.stdin.read()\nf.close()\n"
+
+
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_inotify_rename_in_is_ready_at_once_an_open_file_waits_for_its_close(tmp_path: Path) -> None:
+    """Real events from real processes; settle and stale are a minute, so only an event can make a file
+    ready within the few seconds allowed here."""
+    incoming, staging = tmp_path / "incoming", tmp_path / "staging"
+    incoming.mkdir()
+    staging.mkdir()
+    r = Readiness(incoming, (".png",), (".*",), settle_s=60.0, stale_s=60.0)
+    observer = start_observer(r, "inotify", 1.0)
+    try:
+        # renamed in from another folder: complete at once
+        (staging / "moved.png").write_bytes(b"x")
+        subprocess.run(["mv", str(staging / "moved.png"), str(incoming / "moved.png")], check=True)
+        assert names(r.take(10, 5.0)) == ["moved.png"]
+
+        # created by a writer that still holds it open: not ready until the writer closes it
+        writer = subprocess.Popen(
+            [sys.executable, "-c", HOLD_OPEN, str(incoming / "open.png")], stdin=subprocess.PIPE
+        )
+        assert _until(lambda: r.backlog()[0] == 1)
+        assert r.take(10, 0.5) == []
+        writer.communicate(b"")
+        assert names(r.take(10, 5.0)) == ["open.png"]
+
+        # a candidate renamed out of the folder before it was complete is forgotten
+        writer = subprocess.Popen(
+            [sys.executable, "-c", HOLD_OPEN, str(incoming / "left.png")], stdin=subprocess.PIPE
+        )
+        assert _until(lambda: r.backlog()[0] == 1)
+        subprocess.run(["mv", str(incoming / "left.png"), str(staging / "left.png")], check=True)
+        writer.communicate(b"")
+        assert _until(lambda: r.backlog()[0] == 0)
+        assert r.take(10, 0.5) == []
+    finally:
+        observer.stop()
+        observer.join(5)
