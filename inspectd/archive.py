@@ -41,9 +41,8 @@ def move(src: Path, dest: Path) -> None:
     already that file and only unlinks incoming. Directories, and filesystems without hard links, are
     renamed; across filesystems the file is copied, flushed, renamed into place, then removed.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dest, follow_symlinks=False)
+        _link(src, dest)
     except FileExistsError:
         if not same_file(src, dest):
             raise
@@ -58,9 +57,21 @@ def move(src: Path, dest: Path) -> None:
     src.unlink()
 
 
+def _link(src: Path, dest: Path) -> None:
+    """``link``, creating the destination's folder when it is missing (the first file of a day): one
+    call per file, not a ``mkdir`` before each."""
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except FileNotFoundError:
+        if not os.path.lexists(src):  # the source is gone, not the folder
+            raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dest, follow_symlinks=False)
+
+
 def _occupied(path: Path) -> bool:
     """Something is at ``path``: a file, a directory, or a link (a dangling one too)."""
-    return path.exists() or path.is_symlink()
+    return os.path.lexists(path)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -106,7 +106,7 @@ class Readiness:
             self._schedule(path, candidate, now + self._needed(candidate))
 
     def gone(self, path: Path) -> None:
-        """Deleted or moved away before we took it."""
+        """Moved out of the folder before we took it (a deleted file is dropped at its next look)."""
         with self._cond:
             self._pending.pop(path, None)
 

@@ -6,12 +6,10 @@ from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
-    DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
-    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEventHandler,
@@ -58,12 +56,14 @@ class _Handler(FileSystemEventHandler):
         if not event.is_directory:
             self._readiness.touched(_path(event.src_path), writing=self._close_events)
 
-    def on_deleted(self, event: FileDeletedEvent | DirDeletedEvent) -> None:
-        self._readiness.gone(_path(event.src_path))
+    # No on_deleted: a file deleted before it was taken is dropped when readiness next looks at it (its
+    # lstat fails) or, once taken, when decode finds it gone; subscribing would cost an event for every
+    # file the archive unlinks from incoming.
 
 
 # The events handled above, and only those: watchdog narrows the inotify mask to them, so reads of the
-# files (ours included) raise no IN_OPEN / IN_CLOSE_NOWRITE events to read and dispatch.
+# files (ours included) raise no IN_OPEN / IN_CLOSE_NOWRITE events, and the archive's unlinks no IN_DELETE
+# events, to read and dispatch.
 HANDLED = [
     FileClosedEvent,
     FileCreatedEvent,
@@ -71,8 +71,6 @@ HANDLED = [
     FileModifiedEvent,
     FileMovedEvent,
     DirMovedEvent,
-    FileDeletedEvent,
-    DirDeletedEvent,
 ]
 
 
