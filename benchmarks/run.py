@@ -175,9 +175,8 @@ class Daemon:
     def __init__(self, root: Path, port: int) -> None:
         self.root = root
         self.port = port
-        (root / "config.toml").write_text(
-            f'[http]\nlisten = "127.0.0.1:{port}"\n[log]\nformat = "json"\nlevel = "warning"\n'
-        )
+        # the default config but for the port: logs at info, a JSON line per image (into daemon.log)
+        (root / "config.toml").write_text(f'[http]\nlisten = "127.0.0.1:{port}"\n')
         subprocess.run(
             [sys.executable, "-m", "inspectd", "--config", str(root / "config.toml"), "db", "upgrade"],
             check=True,
@@ -412,7 +411,7 @@ def main() -> None:
 def report(r: dict[str, Any]) -> None:
     d = r["inspectd"]
     runs = " / ".join(f"{v:.0f}" for v in d["ceiling_runs_images_per_s"])
-    rounds = " / ".join(f"{v:.2f}" for v in d["round_ratios"])
+    rounds = " / ".join(f"{v:.3f}" for v in d["round_ratios"])
     rows = [
         (
             "ceiling: decode + resize only, all cores (median)",
@@ -425,13 +424,13 @@ def report(r: dict[str, Any]) -> None:
             + " / ".join(f"{v:.0f}" for v in d["burst_runs_images_per_s"])
             + ")",
         ),
-        ("inspectd / ceiling (median round)", f"{r['ratios']['inspectd_over_ceiling']:.2f} ({rounds})"),
+        ("inspectd / ceiling (median round)", f"{r['ratios']['inspectd_over_ceiling']:.3f} ({rounds})"),
         ("inspectd / naive", f"{r['ratios']['inspectd_over_naive']:.1f}x"),
         (
             "CPU per image: ceiling / inspectd (medians)",
             f"{statistics.median(d['ceiling_cpu_ms_per_image']):.2f} / "
             f"{statistics.median(d['burst_cpu_ms_per_image']):.2f} ms "
-            f"({r['ratios']['ceiling_cpu_over_inspectd_cpu']:.2f})",
+            f"({r['ratios']['ceiling_cpu_over_inspectd_cpu']:.3f})",
         ),
         (
             f"latency at {d['steady_rate_per_s']:.0f}/s (half max): p50 / p95 / p99",

@@ -97,7 +97,7 @@ class WatchConfig(_Section):
 class DecodeConfig(_Section):
     max_pixels: int = Field(default=64_000_000, gt=0)
     max_file_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    workers: int = Field(default=0, ge=0)  # 0: one per CPU core
+    workers: int = Field(default=0, ge=0)  # 0: one per CPU core, plus one
 
 
 class BatchConfig(_Section):

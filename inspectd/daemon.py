@@ -127,7 +127,8 @@ class Daemon:
         self.readiness = Readiness(
             cfg.paths.incoming, cfg.watch.extensions, cfg.watch.ignore, cfg.watch.settle_s, cfg.watch.stale_s
         )
-        workers = cfg.decode.workers or (os.cpu_count() or 1)
+        # one more than the cores: while a worker waits for the GIL another keeps its core decoding
+        workers = cfg.decode.workers or (os.cpu_count() or 1) + 1
         claims = None
         if cfg.cluster.shared_incoming:
             claims = ClaimBook(self.engine, cfg.station.name, cfg.cluster.lease_s)
