@@ -157,7 +157,7 @@ class Daemon:
             self.metrics,
             capacity=2 * max(cfg.batch.max_size, workers),
             claims=claims,
-            claim_group=max(1, cfg.batch.max_size // workers),
+            claim_group=max(1, cfg.batch.max_size // (os.cpu_count() or 1)),  # per decoding core
         )
         self.intake.start()
         self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)
