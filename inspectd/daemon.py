@@ -127,8 +127,9 @@ class Daemon:
         self.readiness = Readiness(
             cfg.paths.incoming, cfg.watch.extensions, cfg.watch.ignore, cfg.watch.settle_s, cfg.watch.stale_s
         )
+        cores = os.cpu_count() or 1
         # one more than the cores: while a worker waits for the GIL another keeps its core decoding
-        workers = cfg.decode.workers or (os.cpu_count() or 1) + 1
+        workers = cfg.decode.workers or cores + 1
         claims = None
         if cfg.cluster.shared_incoming:
             claims = ClaimBook(self.engine, cfg.station.name, cfg.cluster.lease_s)
@@ -157,7 +158,7 @@ class Daemon:
             self.metrics,
             capacity=2 * max(cfg.batch.max_size, workers),
             claims=claims,
-            claim_group=max(1, cfg.batch.max_size // (os.cpu_count() or 1)),  # per decoding core
+            claim_group=max(1, cfg.batch.max_size // cores),  # a group per decoding core
         )
         self.intake.start()
         self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)

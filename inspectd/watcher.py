@@ -34,7 +34,7 @@ class _Handler(FileSystemEventHandler):
 
     def on_moved(self, event: FileMovedEvent | DirMovedEvent) -> None:
         # inotify with full events: an empty source is a rename in from outside the folder, an empty
-        # destination a rename out of it (no 0.5 s wait for a partner that will never come)
+        # destination a rename out of it
         if event.src_path:
             self._readiness.gone(_path(event.src_path))
         if not event.dest_path:
