@@ -3,14 +3,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from inspectd.readiness import Readiness
 from inspectd.watcher import start_observer
+from tests.conftest import wait_until
 
 
 class FakeClock:
@@ -161,15 +160,6 @@ def test_take_respects_max(tmp_path: Path) -> None:
 HOLD_OPEN = "import sys\nf = open(sys.argv[1], 'wb')\nf.write(b'x')\nf.flush()\nsys.stdin.read()\nf.close()\n"
 
 
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_inotify_rename_in_is_ready_at_once_an_open_file_waits_for_its_close(tmp_path: Path) -> None:
     """Real events from real processes; settle and stale are a minute, so only an event can make a file
     ready within the few seconds allowed here."""
@@ -188,7 +178,7 @@ def test_inotify_rename_in_is_ready_at_once_an_open_file_waits_for_its_close(tmp
         writer = subprocess.Popen(
             [sys.executable, "-c", HOLD_OPEN, str(incoming / "open.png")], stdin=subprocess.PIPE
         )
-        assert _until(lambda: r.backlog()[0] == 1)
+        wait_until(lambda: r.backlog()[0] == 1, 5, "the create event")
         assert r.take(10, 0.5) == []
         writer.communicate(b"")
         assert names(r.take(10, 5.0)) == ["open.png"]
@@ -197,10 +187,10 @@ def test_inotify_rename_in_is_ready_at_once_an_open_file_waits_for_its_close(tmp
         writer = subprocess.Popen(
             [sys.executable, "-c", HOLD_OPEN, str(incoming / "left.png")], stdin=subprocess.PIPE
         )
-        assert _until(lambda: r.backlog()[0] == 1)
+        wait_until(lambda: r.backlog()[0] == 1, 5, "the create event")
         subprocess.run(["mv", str(incoming / "left.png"), str(staging / "left.png")], check=True)
         writer.communicate(b"")
-        assert _until(lambda: r.backlog()[0] == 0)
+        wait_until(lambda: r.backlog()[0] == 0, 5, "the move-out event")
         assert r.take(10, 0.5) == []
     finally:
         observer.stop()
