@@ -1,3 +1,3 @@
-from inspectd.cli import main
+from inspectd.entry import main
 
 main()

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, insert, or_, select
 
 from inspectd.config import ModelConfig
 from inspectd.db import Activation
-from inspectd.registry import ModelRegistry
+from inspectd.registry import ModelRegistry, check_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ class Wanted:
 
 
 def record(engine: Engine, version: str, station: str | None, reason: str) -> None:
+    check_version(version)  # RegistryError: never a path or a stray name in the promotions
     try:
         who = f"{getpass.getuser()}@{socket.gethostname()}"
     except (KeyError, OSError):  # no passwd entry (a DynamicUser service)
@@ -55,6 +56,32 @@ def latest(engine: Engine, station: str) -> str | None:
     )
     with engine.connect() as conn:
         return conn.execute(query).scalar_one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """What decides which version runs, besides the configuration: the registry's pointer and the latest
+    promotion recorded in the database for a station (or for all)."""
+
+    registry: str | None
+    database: str | None
+
+    def changes_from(self, before: Active) -> str | None:
+        """How the active version moved since ``before`` (None: it did not)."""
+        moved = [
+            f"{where} {old or '(none)'} -> {new or '(none)'}"
+            for where, old, new in (
+                ("registry pointer", before.registry, self.registry),
+                ("database promotion", before.database, self.database),
+            )
+            if old != new
+        ]
+        return ", ".join(moved) or None
+
+
+def active(engine: Engine, station: str, registry: ModelRegistry) -> Active:
+    """The registry pointer and the latest promotion for ``station``; raises SQLAlchemyError."""
+    return Active(registry.active_version(), latest(engine, station))
 
 
 def wanted(cfg: ModelConfig, engine: Engine, station: str, registry: ModelRegistry) -> Wanted:

@@ -1,60 +1,227 @@
 """Archive stage: after a batch is committed, each file moves to where its row says it went.
 
 Destinations are dated folders (``<root>/YYYY-MM-DD/<name>``), never overwritten: a name already taken
-gets the content hash appended. Files are linked into place and unlinked from incoming (one filesystem,
-``move``); across filesystems they are copied, flushed, renamed into place, and only then removed from
-incoming. Nothing is deleted.
+gets the content hash (then a counter) inserted before its extension, and every derived name is cut to
+fit the filesystem's 255 bytes. Names that are not UTF-8 are stored with their odd bytes escaped
+(``bad\\xff.png``), so the row's ``stored_path`` names the archived file exactly.
+
+A file is moved by its identity, not its name (``take``): the name in incoming is first renamed to a
+private hidden name beside it (atomic: whatever a writer renames over the name afterwards stays there,
+untouched), and only if that inode is the one that was read is it linked into place and unlinked. If a
+writer had replaced the file meanwhile, the replacement is put back under its name (a new candidate) and
+the bytes that were read are copied into place from the descriptor the decode stage kept open. Across
+filesystems a regular file is copied, flushed and linked into place; a directory or special file is never
+copied (it can be of any size or depth): the pipeline quarantines it in ``<incoming>/.quarantine/``, on
+its own filesystem.
+Nothing is deleted.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
-import shutil
+import secrets
+import stat
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from inspectd.records import FileId
+
+NAME_MAX = 255
+STAGING_SUFFIX = ".inspectd-taking"
+LOCAL_QUARANTINE = ".quarantine"  # in incoming: what cannot be copied to another filesystem
+
+
+class Replaced(Exception):
+    """The name no longer holds the file that was read (a writer renamed another file over it)."""
+
+
+def safe_name(name: str) -> str:
+    """The name as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` (a database takes it)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def fit(stem: str, tail: str = "") -> str:
+    """``stem + tail``, the stem shortened (by whole characters) until the name fits in NAME_MAX bytes."""
+    room = NAME_MAX - len(os.fsencode(tail))
+    encoded = os.fsencode(stem)
+    if len(encoded) > room:
+        stem = encoded[:room].decode("utf-8", "ignore")
+    return stem + tail
+
+
+def _split(name: str) -> tuple[str, str]:
+    stem, dot, suffix = name.rpartition(".")
+    return (stem, f".{suffix}") if dot and stem and len(suffix) <= 16 else (name, "")
+
 
 def plan(root: Path, when: datetime, name: str, sha256: str, taken: set[Path]) -> Path:
-    """A free destination for ``name`` in today's folder; ``taken`` holds those planned in this batch."""
+    """A free destination for ``name`` in the day's folder; ``taken`` holds those planned in this batch."""
     folder = root / when.strftime("%Y-%m-%d")
-    dest = folder / name
-    if dest in taken or _occupied(dest):
-        stem, dot, suffix = name.rpartition(".")
-        dest = folder / (f"{stem}.{sha256[:12]}.{suffix}" if dot else f"{name}.{sha256[:12]}")
-        n = 1
-        while dest in taken or _occupied(dest):
-            dest = folder / f"{dest.name}.{n}"
-            n += 1
+    stem, ext = _split(safe_name(name))
+    dest = folder / fit(stem, ext)
+    n = 0
+    while dest in taken or _occupied(dest):
+        n += 1
+        tag = f".{sha256[:12]}" if n == 1 else f".{sha256[:12]}.{n - 1}"
+        dest = folder / fit(stem, tag + ext)
     taken.add(dest)
     return dest
 
 
-def move(src: Path, dest: Path) -> None:
-    """Move without ever overwriting; raises OSError (the file then stays where it was).
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """How a file reached its destination: ``replaced`` when a writer had swapped the name meanwhile (the
+    bytes read were written from the open descriptor, and the new file is back in incoming)."""
 
-    On one filesystem a file is hard-linked at its destination, then unlinked from incoming: ``link``
-    refuses a taken destination atomically, and incoming sees a delete, not a move (watchdog holds each
-    move out of a watched folder 0.5 s at the head of its event queue, delaying every event behind it). A
-    crash between the two leaves both names on one inode: moving that file again finds its destination is
-    already that file and only unlinks incoming. Directories, and filesystems without hard links, are
-    renamed; across filesystems the file is copied, flushed, renamed into place, then removed.
+    dest: Path
+    replaced: bool = False
+
+
+def take(src: Path, dest: Path, expected: FileId | None, fd: int | None) -> Taken:
+    """Move the file that was read from ``src`` to ``dest``, never overwriting; raises OSError when it
+    cannot (the file then stays in incoming, under its name).
+
+    ``expected``/``fd``: the identity and the open descriptor of the file that was read (None for things
+    that were never opened: links, folders). Without them the name is moved as it is.
     """
+    staged = _stage(src)
     try:
-        _link(src, dest)
+        st = staged.lstat()
+        if expected is not None and not expected.same_inode(st):
+            raise Replaced(str(src))
+        _place(staged, dest, st)
+    except Replaced:
+        _unstage(staged, src)
+        if fd is None:
+            raise FileNotFoundError(errno.ENOENT, "replaced before it could be moved", str(src)) from None
+        copy_from(fd, dest)
+        return Taken(dest, replaced=True)
+    except BaseException:
+        _unstage(staged, src)
+        raise
+    return Taken(dest)
+
+
+def _stage(src: Path) -> Path:
+    # FileNotFoundError: the file is gone; EACCES/EROFS: incoming is read-only (nothing is copied then)
+    return src.rename(src.with_name(staging_name(src.name)))
+
+
+def staging_name(name: str) -> str:
+    """``.<name>.<token>.inspectd-taking``: the token is this process's own, so two daemons on one shared
+    folder never rename onto each other's private name (a long name is replaced by its hash)."""
+    tail = f".{_TOKEN}{STAGING_SUFFIX}"
+    if 1 + len(os.fsencode(name)) + len(tail) <= NAME_MAX:
+        return f".{name}{tail}"
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f".inspectd-long-{digest}{_split(safe_name(name))[1]}{tail}"
+
+
+_TOKEN = secrets.token_hex(4)
+
+
+def _unstage(staged: Path, src: Path) -> None:
+    """Put a staged file back under its name in incoming, or beside it when that name is taken again."""
+    if not os.path.lexists(staged):
+        return
+    restore_name = src.name
+    for n in range(1000):
+        target = src.with_name(restore_name)
+        try:
+            if staged.is_dir() and not staged.is_symlink():
+                _rename_noreplace(staged, target)
+                return
+            os.link(staged, target, follow_symlinks=False)
+        except FileExistsError:
+            stem, ext = _split(safe_name(src.name))
+            restore_name = fit(stem, f".restored-{n + 1}{ext}")
+            continue
+        staged.unlink()
+        return
+
+
+def recover_staged(folder: Path) -> list[Path]:
+    """Start-up: files a crash left under a private name in incoming go back under a visible one. (On a
+    shared folder this may be another daemon's file in the middle of its move: the name put back is a
+    link to the same inode, which the next look finds already archived, and only unlinks.)"""
+    restored: list[Path] = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(STAGING_SUFFIX) and e.name[0] == "."]
+    except FileNotFoundError:
+        return restored
+    for entry in entries:
+        # .<name>.<token>.inspectd-taking -> <name> (a long name: inspectd-long-<hash>.ext)
+        original = folder / entry.name[1 : -len(STAGING_SUFFIX)].rpartition(".")[0]
+        _unstage(Path(entry.path), original)
+        restored.append(original)
+    return restored
+
+
+def _place(staged: Path, dest: Path, st: os.stat_result) -> None:
+    """Link (or, for folders and across filesystems, move or copy) the staged file to ``dest``."""
+    try:
+        _link(staged, dest)
     except FileExistsError:
-        if not same_file(src, dest):
+        if not same_file(staged, dest):
             raise
     except OSError as exc:
         if exc.errno == errno.EXDEV:
-            _copy(src, dest)
-        elif exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):  # a directory; no hard links
-            _rename(src, dest)
-        else:
-            raise
-        return
-    src.unlink()
+            _across(staged, dest, st)
+            return
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):  # a directory; no hard links
+            _rename_noreplace(staged, dest)
+            return
+        raise
+    staged.unlink()
+
+
+def _across(staged: Path, dest: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):  # planned into incoming's own quarantine (pipeline): never copied
+        raise OSError(errno.EXDEV, "a folder or special file is not copied across filesystems", str(dest))
+    fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        copy_from(fd, dest)
+    finally:
+        os.close(fd)
+    staged.unlink()
+
+
+def copy_from(fd: int, dest: Path) -> None:
+    """Write the bytes of an open file to ``dest``: a temporary name, flushed, then linked into place
+    (``link`` refuses a taken name atomically); the temporary name is always removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(fit(f".{dest.name}", ".inspectd-tmp"))
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            offset = 0
+            while True:
+                chunk = os.pread(fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                os.write(out, chunk)
+                offset += len(chunk)
+            st = os.fstat(fd)
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.link(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _link(src: Path, dest: Path) -> None:
@@ -78,48 +245,19 @@ def same_file(a: Path, b: Path) -> bool:
     """Both names are one inode (the names themselves: links not followed)."""
     try:
         sa, sb = a.lstat(), b.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _rename(src: Path, dest: Path) -> None:
+def _rename_noreplace(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if _occupied(dest):
-        raise FileExistsError(f"{dest} already exists")
+        raise FileExistsError(errno.EEXIST, "already exists", str(dest))
     src.replace(dest)
-
-
-def _copy(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.inspectd-tmp")
-    directory = src.is_dir() and not src.is_symlink()
-    try:
-        if directory:
-            shutil.copytree(src, tmp, symlinks=True)
-        else:
-            shutil.copy2(src, tmp, follow_symlinks=False)
-            if not tmp.is_symlink():
-                with tmp.open("rb") as fh:
-                    os.fsync(fh.fileno())
-        if _occupied(dest):
-            raise FileExistsError(f"{dest} already exists")
-        tmp.replace(dest)
-    except OSError:
-        _remove(tmp)  # a partial copy (disk full): the original is still in incoming
-        raise
-    if directory:
-        shutil.rmtree(src)
-    else:
-        src.unlink()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def write_reason(dest: Path, reason: str, detail: str) -> None:
     """A note beside a quarantined file, for whoever opens the folder."""
-    note = dest.with_name(dest.name + ".reason.json")
+    note = dest.with_name(fit(dest.name, ".reason.json"))
     note.write_text(json.dumps({"file": dest.name, "reason": reason, "detail": detail}) + "\n")

@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import sys
+import typing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd import __version__, logs
-from inspectd.config import EX_CONFIG, Config, ConfigError, load_config
+from inspectd.config import EX_CONFIG, Config, ConfigError, RetrainConfig, load_config
 
+BACKBONES = typing.get_args(RetrainConfig.model_fields["backbone"].annotation)
 RESULT_FIELDS = (
     "id",
     "content_hash",
@@ -298,6 +300,7 @@ def models(obj: _Obj) -> None:
 
 
 EX_DATAERR = 65  # sysexits.h: the input data (labels) cannot be used
+EX_TEMPFAIL = 75  # sysexits.h: not done now (retrain: the active model changed during the run)
 
 
 def _engine(obj: _Obj) -> Any:
@@ -438,7 +441,7 @@ def _limits(cfg: Config) -> Any:
 def _station_model(obj: _Obj, version: str | None = None) -> Any:
     """The model this station runs (or ``version``), loaded as the daemon loads it."""
     from inspectd import activations
-    from inspectd.infer import Inferencer, ModelLoadError
+    from inspectd.infer import ModelLoadError, load_version
     from inspectd.registry import ModelRegistry
 
     cfg = obj.config()
@@ -446,7 +449,7 @@ def _station_model(obj: _Obj, version: str | None = None) -> Any:
     registry.ensure_active()
     version = version or activations.wanted(cfg.model, _engine(obj), cfg.station.name, registry).version
     try:
-        return Inferencer.load(registry.version_dir(version or ""), cfg.model.num_threads)
+        return load_version(registry, version or "", cfg.model, cfg.batch.max_size)
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -488,7 +491,7 @@ def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> Non
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="override retrain.epochs")
 @click.option(
     "--backbone",
-    type=click.Choice(["small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50"]),
+    type=click.Choice(BACKBONES),
     default=None,
     help="override retrain.backbone",
 )
@@ -513,6 +516,7 @@ def retrain(
     force: bool,
 ) -> None:
     """Train a new model version from the labeled images; promote it only if it is no worse."""
+    from inspectd.infer import ModelLoadError
     from inspectd.train.backbones import WeightsUnavailable
     from inspectd.train.dataset import NotEnoughLabels
     from inspectd.train.retrain import retrain as run_retrain
@@ -531,6 +535,8 @@ def retrain(
         sys.exit(EX_DATAERR)
     except WeightsUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    except ModelLoadError as exc:  # the new version would be refused by the daemon: nothing installed
+        raise click.ClickException(f"retrain: the new version cannot be used: {exc}") from None
     from inspectd.train.report import summary
 
     click.echo(summary(outcome.candidate))
@@ -540,6 +546,13 @@ def retrain(
     click.echo(
         f"{verdict}: {outcome.version}. {outcome.decision}\nreports and TensorBoard logs: {outcome.run_dir}"
     )
+    if outcome.superseded is not None:
+        click.echo(
+            f"inspectd retrain: {outcome.version} installed, not activated: the active model changed during "
+            f"the retrain ({outcome.superseded}); promote it with `inspectd promote {outcome.version}`",
+            err=True,
+        )
+        sys.exit(EX_TEMPFAIL)
 
 
 @cli.command("eval")
@@ -568,47 +581,71 @@ def eval_command(obj: _Obj, version: str | None, data: Path | None) -> None:
     click.echo(f"report: {out / 'report.json'}")
 
 
+def _version_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from inspectd.registry import RegistryError, check_version
+
+    try:
+        return check_version(value)
+    except RegistryError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
-@click.argument("version")
+@click.argument("version", callback=_version_name)
 @click.option("--station", help="promote for this station only (default: every station)")
 @click.pass_obj
 def promote(obj: _Obj, version: str, station: str | None) -> None:
     """Make VERSION the active model (running daemons switch within seconds).
 
     Recorded in the database, so every station that follows it (``[model] follow_database``) switches;
-    with --station only that station does.
+    with --station only that station does. VERSION is loaded first with every check the daemon runs
+    (this station's [model] and [batch] settings): a version it would refuse is not promoted.
     """
     from inspectd import activations
-    from inspectd.infer import Inferencer, ModelLoadError
+    from inspectd.infer import ModelLoadError, load_version
     from inspectd.registry import ModelRegistry, RegistryError
 
     cfg = obj.config()
     registry = ModelRegistry(cfg.paths.models)
     try:
-        Inferencer.load(registry.version_dir(version))  # refuse what the daemon would refuse
-    except (ModelLoadError, RegistryError) as exc:
+        load_version(registry, version, cfg.model, cfg.batch.max_size)  # refuse what the daemon would
+    except ModelLoadError as exc:
         raise click.ClickException(f"not promoted: {exc}") from None
     engine = _engine(obj)
-    if station is None or station == cfg.station.name:
-        registry.activate(version, reason="promote")
-    activations.record(engine, version, station, "promote")
+    with registry.lock():
+        if station is None or station == cfg.station.name:
+            try:
+                registry.activate(version, reason="promote")
+            except RegistryError as exc:
+                raise click.ClickException(f"not promoted: {exc}") from None
+        activations.record(engine, version, station, "promote")
     click.echo(f"active model: {version} ({f'station {station}' if station else 'every station'})")
 
 
 @cli.command()
 @click.pass_obj
 def rollback(obj: _Obj) -> None:
-    """Re-activate the model that was active before the current one (on every station)."""
+    """Re-activate the model that was active before the current one (on every station), if the daemon
+    would load it."""
     from inspectd import activations
+    from inspectd.infer import ModelLoadError, load_version
     from inspectd.registry import ModelRegistry, RegistryError
 
+    cfg = obj.config()
     engine = _engine(obj)
-    try:
-        meta = ModelRegistry(obj.config().paths.models).rollback()
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from None
-    activations.record(engine, meta.version, None, "rollback")
-    click.echo(f"active model: {meta.version}")
+    registry = ModelRegistry(cfg.paths.models)
+    with registry.lock():
+        current = registry.active_version()
+        try:
+            version = registry.previous_version()
+            load_version(registry, version, cfg.model, cfg.batch.max_size)
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ModelLoadError as exc:
+            raise click.ClickException(f"not rolled back: {exc}") from None
+        registry.activate(version, reason=f"rollback from {current}")
+        activations.record(engine, version, None, "rollback")
+    click.echo(f"active model: {version}")
 
 
 def main() -> None:

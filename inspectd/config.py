@@ -8,7 +8,9 @@ of the config file, so the daemon behaves the same whatever its working director
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -57,24 +59,59 @@ class DatabaseConfig(_Section):
         return value
 
 
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # "_": /etc/hosts names have them
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port); ValueError with a message naming what is wrong.
+
+    Checked without DNS: an IP literal must be a valid address, anything else a syntactically valid host
+    name (whether it resolves is only known when the daemon binds it).
+    """
+    if value.startswith("["):
+        inner, sep, port = value[1:].partition("]:")
+        if not sep or not inner:
+            raise ValueError("expected [IPV6]:PORT, e.g. [::1]:9108")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {inner!r}") from None
+        host = inner
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9108")
+        if ":" in host:
+            raise ValueError(f"an IPv6 address needs brackets: [{host}]:{port}")
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"not an IPv4 address: {host!r}") from None
+        elif len(host) > 253 or not all(map(_HOSTNAME_LABEL.match, host.removesuffix(".").split("."))):
+            raise ValueError(f"not a valid host name: {host!r}")
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port from 0 to 65535, got {port!r}")
+    return host, int(port)
+
+
 class HttpConfig(_Section):
     listen: str = "127.0.0.1:9108"
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9108")
+        split_listen(value)
         return value
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        """The address to bind, without the brackets of an IPv6 literal (``[::1]:9108`` -> ``::1``)."""
+        return split_listen(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return split_listen(self.listen)[1]
 
 
 class WatchConfig(_Section):
@@ -98,6 +135,9 @@ class DecodeConfig(_Section):
     max_pixels: int = Field(default=64_000_000, gt=0)
     max_file_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     workers: int = Field(default=0, ge=0)  # 0: one per CPU core, plus one
+    # Bytes the decode stage holds at once (file contents and decoded frames, estimated from each
+    # image's header before it is decoded): images wait their turn, one that needs more is refused.
+    max_memory_mib: int = Field(default=768, ge=16)
 
 
 class BatchConfig(_Section):
@@ -170,7 +210,15 @@ class GateConfig(_Section):
 
 
 class RetrainConfig(_Section):
-    backbone: Literal["small_cnn", "mobilenet_v3_small", "efficientnet_b0", "resnet50"] = "small_cnn"
+    backbone: Literal[
+        "small_cnn",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "resnet50",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    ] = "small_cnn"
     pretrained: bool = True  # ImageNet weights for the pretrained backbones (from weights, else download)
     weights: dict[
         str, Path

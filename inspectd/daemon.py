@@ -8,6 +8,7 @@ for the active model to be reloaded.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -18,13 +19,15 @@ from types import FrameType
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from watchdog.observers.api import BaseObserver
 
-from inspectd import __version__, activations, batcher, db, logs, memory
+from inspectd import __version__, activations, archive, batcher, db, logs, memory, signals
+from inspectd.budget import MemoryBudget
 from inspectd.claims import ClaimBook
 from inspectd.config import EX_CONFIG, Config
 from inspectd.decode import DecodeLimits, install_pixel_limit
-from inspectd.httpserver import HttpServer
-from inspectd.infer import MAX_CHUNK, Inferencer, ModelLoadError
+from inspectd.httpserver import HttpServer, HttpStartError
+from inspectd.infer import Inferencer, ModelLoadError, load_version
 from inspectd.intake import Intake, Prepared
 from inspectd.metrics import Metrics
 from inspectd.notify import Notifier
@@ -33,7 +36,6 @@ from inspectd.pipeline import CLAIM_UNAVAILABLE, Aborted, Destinations, Pipeline
 from inspectd.readiness import Readiness
 from inspectd.records import Disposition, Outcome
 from inspectd.registry import ModelRegistry, RegistryError
-from inspectd.tiles import view_for
 from inspectd.watcher import start_observer
 
 log = logs.get("inspectd.daemon")
@@ -44,6 +46,18 @@ MODEL_POLL_S = 2.0
 DB_PING_S = 5.0
 PURGE_CLAIMS_S = 300.0
 TRIM_AFTER_IDLE_S = 1.0
+WATCH_CHECK_S = 1.0
+RETRY_FAILED_S = 60.0  # a file whose move or row failed is looked at again after this long
+_STUCK = (Disposition.DEFERRED, Disposition.UNRECORDED)
+
+
+EX_SOFTWARE = 70  # sysexits.h: an unexpected error at start-up (systemd restarts on it)
+EX_TEMPFAIL = 75  # a temporary condition: the listen address is still in use (systemd restarts on it)
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 class StartupError(Exception):
@@ -59,9 +73,15 @@ class Health:
     model: bool = False
     database: bool = False
     watcher: bool = False
+    decoders: bool = False
 
     def checks(self) -> dict[str, bool]:
-        return {"model": self.model, "database": self.database, "watcher": self.watcher}
+        return {
+            "model": self.model,
+            "database": self.database,
+            "watcher": self.watcher,
+            "decoders": self.decoders,
+        }
 
 
 class Daemon:
@@ -94,16 +114,32 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        for signum in signals.pending():  # arrived while the program was still importing (entry.py)
+            (self._on_reload if signum == signal.SIGHUP else self._on_stop)(signum, None)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def run(self) -> int:
         self.install_signal_handlers()
         try:
-            self.startup()
+            try:
+                self.startup()
+            except HttpStartError as exc:  # in use: maybe the previous process, still going; else config
+                cause = exc.__cause__
+                in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+                raise StartupError(str(exc), EX_TEMPFAIL if in_use else EX_CONFIG) from None
+            except OSError as exc:  # a folder that cannot be made, the inotify watch limit, ...
+                raise StartupError(_os_error(exc), EX_CONFIG) from None
+            except (ModelLoadError, RegistryError) as exc:
+                raise StartupError(f"the active model cannot be used: {exc}", EX_CONFIG) from None
+            except StartupError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the start-up boundary: one line, no traceback
+                raise StartupError(f"{type(exc).__name__}: {exc}", EX_SOFTWARE) from None
         except StartupError as exc:
-            log.error("startup.failed", error=str(exc), exit_code=exc.exit_code)
+            log.error("startup.failed", error=" ".join(str(exc).split()), exit_code=exc.exit_code)
             self.notifier.send(status=f"failed to start: {exc}"[:200])
+            self.shutdown()
             return exc.exit_code
         try:
             self.main_loop()
@@ -117,6 +153,8 @@ class Daemon:
         self.notifier.status("starting")
         for folder in (cfg.paths.incoming, cfg.paths.processed, cfg.paths.quarantine, cfg.paths.models):
             folder.mkdir(parents=True, exist_ok=True)
+        for restored in archive.recover_staged(cfg.paths.incoming):
+            log.warning("startup.restored", file=archive.safe_name(restored.name))
         install_pixel_limit(cfg.decode.max_pixels)
         memory.fix_mmap_threshold()
         self.engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
@@ -130,6 +168,7 @@ class Daemon:
         cores = os.cpu_count() or 1
         # one more than the cores: while a worker waits for the GIL another keeps its core decoding
         workers = cfg.decode.workers or cores + 1
+        budget = MemoryBudget(cfg.decode.max_memory_mib << 20)
         claims = None
         if cfg.cluster.shared_incoming:
             claims = ClaimBook(self.engine, cfg.station.name, cfg.cluster.lease_s)
@@ -138,7 +177,7 @@ class Daemon:
             Store(self.engine, claims),
             inferencer,
             DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes),
-            Destinations(cfg.paths.processed, cfg.paths.quarantine),
+            Destinations(cfg.paths.processed, cfg.paths.quarantine, cfg.paths.incoming),
             cfg.station.name,
             self.metrics,
             cfg.model.threshold,
@@ -149,6 +188,7 @@ class Daemon:
             tile=cfg.model.tile,
             tile_overlap=cfg.model.tile_overlap,
             tile_reduce=cfg.model.tile_reduce,
+            budget=budget,
         )
         self.intake = Intake(
             self.readiness,
@@ -159,10 +199,11 @@ class Daemon:
             capacity=2 * max(cfg.batch.max_size, workers),
             claims=claims,
             claim_group=max(1, cfg.batch.max_size // cores),  # a group per decoding core
+            budget=budget,
         )
         self.intake.start()
-        self.observer = start_observer(self.readiness, cfg.watch.observer, cfg.watch.poll_interval_s)
-        self.health.watcher = True
+        self.health.decoders = True
+        self.observer = self._watch()
         found = self.readiness.scan()
         self.metrics.incoming.set(self.readiness.last_scan_total)
         # Everything allocated so far lives as long as the process: keep the cyclic GC from walking it on
@@ -182,6 +223,41 @@ class Daemon:
             startup_s=round(time.monotonic() - started, 3),
         )
         self.notifier.ready(f"ready: model {inferencer.version}, {found} files waiting")
+
+    def _watch(self) -> BaseObserver:
+        """Watch the incoming folder (made again if it is missing); OSError at the inotify limits."""
+        folder = self.config.paths.incoming
+        folder.mkdir(parents=True, exist_ok=True)
+        st = folder.stat()
+        watch = self.config.watch
+        observer = start_observer(self.readiness, watch.observer, watch.poll_interval_s)
+        self._watched = (st.st_dev, st.st_ino)
+        self.health.watcher = True
+        return observer
+
+    def _check_watch(self) -> None:
+        """The folder watched is still the incoming folder (not removed, or removed and made again) and
+        the observer still runs; else watch it anew and rescan it."""
+        try:
+            st = self.config.paths.incoming.stat()
+            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            current = None
+        emitters = list(self.observer.emitters)  # an emitter stops once its folder is deleted
+        watching = self.observer.is_alive() and bool(emitters) and all(e.is_alive() for e in emitters)
+        if current == self._watched and watching:
+            return
+        log.error("watch.lost", folder=str(self.config.paths.incoming), folder_replaced=current is not None)
+        self.health.watcher = False
+        self.observer.stop()
+        self.observer.join(timeout=2)
+        try:
+            self.observer = self._watch()
+        except OSError as exc:
+            log.error("watch.failed", error=_os_error(exc))
+            return
+        found = self.readiness.scan()
+        log.info("watch.restored", files=found)
 
     def _wait_for_schema(self, engine: Engine) -> None:
         delay = self.config.database.retry_initial_s
@@ -226,9 +302,7 @@ class Daemon:
             wanted = self._wanted_version()
             if wanted.version is None:
                 raise RegistryError("no active version in the registry")
-            inferencer = Inferencer.load(
-                self.registry.version_dir(wanted.version), self.config.model.num_threads
-            )
+            inferencer = self._load_version(wanted.version)
         except SQLAlchemyError as exc:
             raise StartupError(f"cannot read the model promotions: {exc}", EX_CONFIG) from None
         except (ModelLoadError, RegistryError, OSError) as exc:
@@ -239,10 +313,11 @@ class Daemon:
         self._set_model(inferencer)
         return inferencer
 
+    def _load_version(self, version: str) -> Inferencer:
+        """Load a version with every check the pipeline's batches need (every call size they use)."""
+        return load_version(self.registry, version, self.config.model, self.config.batch.max_size)
+
     def _set_model(self, inferencer: Inferencer) -> None:
-        model = self.config.model
-        tiled = view_for(inferencer.meta, model.roi, model.tile, model.tile_overlap).tile is not None
-        inferencer.warm(MAX_CHUNK if tiled else self.config.batch.max_size)
         self.health.model = True
         self.metrics.model_ok.set(1)
         self.metrics.model.info(
@@ -257,7 +332,7 @@ class Daemon:
         cfg = self.config
         next_rescan = time.monotonic() + cfg.watch.rescan_interval_s
         next_purge = time.monotonic() + PURGE_CLAIMS_S
-        next_status = next_model_poll = next_ping = time.monotonic()
+        next_status = next_model_poll = next_ping = next_watch = time.monotonic()
         max_wait_s = cfg.batch.max_wait_ms / 1000
         worked = False  # a batch finished since the heap was last trimmed
         idle_since: float | None = None
@@ -268,6 +343,10 @@ class Daemon:
                 self._poll_model(forced=self.reload_requested)
                 self.reload_requested = False
                 next_model_poll = now + MODEL_POLL_S
+            if now >= next_watch:
+                self._check_watch()
+                self.health.decoders = self.intake.alive(cfg.systemd.stall_after_s)
+                next_watch = now + WATCH_CHECK_S
             if now >= next_rescan:
                 found = self.readiness.scan()
                 self.metrics.incoming.set(self.readiness.last_scan_total)
@@ -308,14 +387,25 @@ class Daemon:
 
     def _finish(self, batch: list[Prepared]) -> bool:
         """False when the batch was abandoned (database unreachable at shutdown)."""
+        paths = [p.item.source.path for p in batch]
         try:
             outcomes = self.pipeline.finish(batch)
         except Aborted:
             log.warning("batch.abandoned", files=len(batch), reason="database unreachable at shutdown")
+            self.readiness.release(paths)
             return False
-        finally:
-            self.readiness.release(p.item.source.path for p in batch)
-            self._update_queue_gauges()
+        except Exception:
+            # not a file's fault (each file's own failures are recorded at the per-image boundary): try
+            # each alone, so one file that breaks the batch cannot stop the others, and rest that file
+            log.exception("batch.failed", files=len(batch))
+            if len(batch) == 1:
+                self.readiness.release(paths)
+                self.readiness.rest(paths, RETRY_FAILED_S)
+                self._update_queue_gauges()
+                return True
+            return all([self._finish([p]) for p in batch])
+        self.readiness.release(paths, again=[o.source.path for o in outcomes if o.look_again])
+        self._update_queue_gauges()
         self.health.database = True  # the pipeline has already set inspectd_db_up
         for outcome in outcomes:
             self._record(outcome)
@@ -326,6 +416,9 @@ class Daemon:
         ]
         if held:  # offered again by a rescan once the holder's lease could have run out
             self.readiness.rest(held, self.config.cluster.lease_s)
+        stuck = [o.source.path for o in outcomes if o.disposition in _STUCK and not o.look_again]
+        if stuck:  # tried again later, not on every rescan (a read-only incoming, a database refusal)
+            self.readiness.rest(stuck, RETRY_FAILED_S)
         return True
 
     def _ping_database(self) -> None:
@@ -345,7 +438,7 @@ class Daemon:
     def _record(self, outcome: Outcome) -> None:
         self.metrics.record(outcome)
         fields = {
-            "file": outcome.source.path.name,
+            "file": archive.safe_name(outcome.source.path.name),
             "disposition": outcome.disposition.value,
             "sha256": outcome.sha256,
             "row_id": outcome.row_id,
@@ -371,6 +464,9 @@ class Daemon:
         except SQLAlchemyError as exc:
             log.warning("model.poll_failed", error=db.brief(exc))
             return
+        except (RegistryError, OSError, ValueError) as exc:  # a pointer file edited by hand, unreadable
+            log.error("model.poll_failed", error=" ".join(str(exc).split()))
+            return
         if forced or wanted.version != self._model_pointer:
             self.reload_model(wanted)
 
@@ -379,8 +475,8 @@ class Daemon:
         try:
             if version is None:
                 raise RegistryError("no active version in the registry")
-            inferencer = Inferencer.load(self.registry.version_dir(version), self.config.model.num_threads)
-        except (ModelLoadError, RegistryError, OSError) as exc:
+            inferencer = self._load_version(version)
+        except (ModelLoadError, RegistryError, OSError, ValueError, RuntimeError) as exc:
             self.metrics.model_failures.inc()
             self.metrics.model_ok.set(0)
             log.error(
@@ -443,12 +539,18 @@ class Daemon:
         def ping() -> None:
             stalled = False
             while not self._stop_pings.wait(interval):
-                if time.monotonic() - self._last_beat < stall:
+                intake = getattr(self, "intake", None)
+                decoding = intake is None or intake.alive(stall)
+                if time.monotonic() - self._last_beat < stall and decoding:
                     self.notifier.watchdog()
                     stalled = False
                 elif not stalled:
                     stalled = True
-                    log.error("pipeline.stalled", seconds=round(time.monotonic() - self._last_beat, 1))
+                    log.error(
+                        "pipeline.stalled",
+                        seconds=round(time.monotonic() - self._last_beat, 1),
+                        decoders_ok=decoding,
+                    )
 
         threading.Thread(target=ping, name="sd-watchdog", daemon=True).start()
 

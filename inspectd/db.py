@@ -26,6 +26,14 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    TimeoutError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -180,6 +188,14 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     cfg.attributes["engine"] = engine
     return cfg
+
+
+def transient(exc: SQLAlchemyError) -> bool:
+    """An error a retry can mend: the database unreachable, restarting, locked or out of connections.
+    A constraint violation, a value the column cannot hold or a statement it cannot run is permanent."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def brief(exc: BaseException) -> str:

@@ -7,14 +7,24 @@ and starts in a fraction of the time.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from ai_edge_litert.interpreter import Interpreter
 
+from inspectd.config import ModelConfig
 from inspectd.records import Decoded, Scored, Verdict
-from inspectd.registry import MODEL_FILE, SELFTEST_FILE, ModelMeta, RegistryError, read_meta
+from inspectd.registry import (
+    MODEL_FILE,
+    SELFTEST_FILE,
+    ModelMeta,
+    ModelRegistry,
+    RegistryError,
+    read_meta,
+)
+from inspectd.tiles import view_for
 
 SELFTEST_TOLERANCE = 1e-3
 # A quantized network's integer kernels may round one activation a step apart on another CPU, which moves
@@ -42,6 +52,24 @@ def _chunks(n: int) -> list[tuple[int, int]]:
             out.append((take, take))
         n -= take
     return out
+
+
+def call_sizes(max_inputs: int) -> list[int]:
+    """Every interpreter call size a batch of up to ``max_inputs`` inputs can use (``_chunks``): powers of
+    two, at most MAX_CHUNK. Beyond a few calls of MAX_CHUNK, more inputs add no new size."""
+    top = min(max(1, max_inputs), 3 * MAX_CHUNK)
+    return sorted({size for n in range(1, top + 1) for _, size in _chunks(n)})
+
+
+def max_inputs_for(meta: ModelMeta, model_cfg: ModelConfig, batch_max_size: int) -> int:
+    """How many inputs one batch can give a model version on a station: every tile of every image of
+    the batch when it is tiled (the call sizes then go up to MAX_CHUNK), else one input per image."""
+    tiled = view_for(meta, model_cfg.roi, model_cfg.tile, model_cfg.tile_overlap).tile is not None
+    return MAX_CHUNK if tiled else batch_max_size
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -74,6 +102,27 @@ class Runner:
             self._interpreters[bucket] = interpreter
         return interpreter
 
+    def check(self, bucket: int) -> None:
+        """Create the interpreter for calls of ``bucket`` inputs and run one on zeros: ValueError or
+        RuntimeError unless it gives one finite logit per input (a network built for a fixed batch fails
+        here, when it is loaded, not on the first batch of that size)."""
+        try:
+            out = self._call(bucket, np.zeros((bucket, *self._shape), np.float32))
+            if not np.all(np.isfinite(out)):
+                raise ValueError(f"a call of {bucket} inputs outputs non-finite logits")
+        except (ValueError, RuntimeError):
+            self._interpreters.pop(bucket, None)
+            raise
+
+    def _call(self, size: int, part: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        interpreter = self.interpreter(size)
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
+        interpreter.invoke()
+        result = np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), np.float32)
+        if result.size != size or (result.ndim and result.shape[0] != size):
+            raise ValueError(f"a call of {size} inputs outputs shape {result.shape}, not one logit per input")
+        return result.reshape(size)
+
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out = np.empty(batch.shape[0], np.float32)
         start = 0
@@ -81,11 +130,7 @@ class Runner:
             part = batch[start : start + take]
             if take < size:
                 part = np.concatenate([part, np.zeros((size - take, *self._shape), np.float32)])
-            interpreter = self.interpreter(size)
-            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
-            interpreter.invoke()
-            result = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-            out[start : start + take] = np.asarray(result, np.float32).reshape(size)[:take]
+            out[start : start + take] = self._call(size, part)[:take]
             start += take
         return out
 
@@ -106,24 +151,38 @@ class Inferencer:
         return self.meta.input_size
 
     @classmethod
-    def load(cls, version_dir: Path, num_threads: int = 0) -> Inferencer:
+    def load(
+        cls, version_dir: Path, num_threads: int = 0, max_inputs: int = 1, version: str | None = None
+    ) -> Inferencer:
+        """Load and check a version folder completely: metadata and checksum (``version``: the name the
+        metadata must give, a registry folder's name), then every call size a batch of up to
+        ``max_inputs`` inputs can use, created and run once, then the self-test. ModelLoadError, with a
+        one-line reason, when anything fails: a model that loads can serve every batch."""
+        return cls._load(version_dir, num_threads, lambda _: max_inputs, version)
+
+    @classmethod
+    def _load(
+        cls,
+        version_dir: Path,
+        num_threads: int,
+        max_inputs: Callable[[ModelMeta], int],
+        version: str | None,
+    ) -> Inferencer:
         try:
-            meta = read_meta(version_dir)
+            meta = read_meta(version_dir, version)
             content = (version_dir / MODEL_FILE).read_bytes()
             inferencer = cls(meta, content, num_threads)
-            inferencer._runner.interpreter(1)
         except (RegistryError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{version_dir}: {exc}") from exc
+            raise ModelLoadError(f"{version_dir}: {_one_line(exc)}") from None
+        for size in call_sizes(max_inputs(meta)):
+            try:
+                inferencer._runner.check(size)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelLoadError(
+                    f"{meta.version}: cannot run a call of {size} inputs: {_one_line(exc)}"
+                ) from None
         inferencer.self_test(version_dir / SELFTEST_FILE)
         return inferencer
-
-    def warm(self, max_inputs: int) -> None:
-        """Create every call size a batch of up to ``max_inputs`` can use, now: memory is then steady from
-        the first batch, instead of stepping up the first time a rare size appears hours later."""
-        size = 1
-        while size <= min(MAX_CHUNK, 1 << max(0, (max_inputs - 1).bit_length())):
-            self._runner.interpreter(size)
-            size *= 2
 
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self._runner.logits(batch)
@@ -184,3 +243,22 @@ class Inferencer:
         box = image.boxes[best] if len(image.boxes) > 1 else None
         verdict = Verdict.PRESENT if score >= cut else Verdict.ABSENT
         return Scored(image, score, verdict, self.version, cut, box)
+
+
+def load_version(
+    registry: ModelRegistry, version: str, model_cfg: ModelConfig, batch_max_size: int
+) -> Inferencer:
+    """A registry version loaded with every check the daemon runs before it serves it on a station
+    (``[model]`` and ``[batch] max_size``): a valid version name whose folder's metadata names it, the
+    checksum, every call size its batches can use (``max_inputs_for``), the self-test. Raises
+    ModelLoadError only. ``promote`` and ``rollback`` refuse what this refuses."""
+    try:
+        version_dir = registry.version_dir(version)
+    except RegistryError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return Inferencer._load(
+        version_dir,
+        model_cfg.num_threads,
+        lambda meta: max_inputs_for(meta, model_cfg, batch_max_size),
+        version,
+    )

@@ -3,7 +3,10 @@ it, on a shared folder), decode it, and queue the result for the batch stage as 
 
 Files are decoded one by one as they become ready, not a batch at a time: a lone image is never held
 back by batch formation, and the cores never wait for the pipeline thread to hand them the next batch.
-OpenCV releases the GIL while it decodes, so one thread per core uses every core.
+OpenCV releases the GIL while it decodes, so a thread per core (plus one) keeps every core busy. The
+bytes held at once are bounded by a memory budget (budget.py). A worker never dies of one file: an
+unexpected error is recorded against the file (``guarded``), and anything else puts the worker's files
+back to readiness; ``alive`` tells the daemon's liveness check whether a worker is gone or stuck.
 
 Backpressure: the queue of decoded files is bounded. When the pipeline thread falls behind (a database
 outage) the workers stop taking files, which stay ready in readiness's queue and on disk in incoming.
@@ -22,11 +25,13 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd import db, logs
+from inspectd.archive import safe_name
+from inspectd.budget import MemoryBudget
 from inspectd.claims import ClaimBook, ClaimState
-from inspectd.decode import DecodeLimits, decode_loaded, identity_hash, load
+from inspectd.decode import DecodeLimits, decode, decode_loaded, identity_hash, load
 from inspectd.metrics import Metrics
 from inspectd.readiness import Readiness
-from inspectd.records import Held, Loaded, ReadyFile, Rejected, Stage, Vanished
+from inspectd.records import Changed, Held, Loaded, ReadyFile, Rejected, Stage, Vanished
 from inspectd.tiles import View
 
 log = logs.get("inspectd.intake")
@@ -55,6 +60,7 @@ class Intake:
         capacity: int,
         claims: ClaimBook | None = None,
         claim_group: int = 1,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._readiness = readiness
         self._limits = limits
@@ -66,13 +72,17 @@ class Intake:
         self._out: queue.Queue[Prepared] = queue.Queue(maxsize=capacity)
         self._stopping = threading.Event()
         self._abandoned = threading.Event()
+        self._budget = budget or MemoryBudget(1 << 62)
+        self._busy: dict[str, float] = {}  # worker name -> when it took its current files
         self._threads = [
             threading.Thread(target=self._work, name=f"decode-{i}", daemon=True) for i in range(workers)
         ]
+        self._threads_started = False
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._threads_started = True
 
     def get(self, timeout: float) -> Prepared | None:
         """The next decoded file, waiting up to ``timeout`` seconds (0: only if one is queued)."""
@@ -106,25 +116,56 @@ class Intake:
     # --- worker threads ------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        name = threading.current_thread().name
         while not self._stopping.is_set():
             files = self._readiness.take(self._group, TAKE_TIMEOUT_S)
             if not files:
                 continue
-            view = self._view()
-            started = time.perf_counter()
-            loaded = [guarded(ready, partial(load, ready, self._limits)) for ready in files]
-            read_s = (time.perf_counter() - started) / len(files)  # read + hash, per file
-            items: list[Loaded | Stage] = self._claim(loaded) if self._claims is not None else [*loaded]
-            for item in items:
-                done: Stage
-                if isinstance(item, Loaded):
-                    started = time.perf_counter()
-                    done = guarded(item.source, partial(decode_loaded, item, self._limits, view))
-                    self._metrics.stage.labels("decode").observe(read_s + time.perf_counter() - started)
-                else:
-                    done = item
-                if not self._put(Prepared(done, view)):
+            self._busy[name] = time.monotonic()
+            try:
+                if not self._handle(files):
                     return
+            except Exception:  # never lose a worker: what it held goes back to readiness
+                log.exception("decode.worker_error", files=len(files))
+                self._readiness.release([f.path for f in files], again=[f.path for f in files])
+            finally:
+                self._busy.pop(name, None)
+
+    def _handle(self, files: list[ReadyFile]) -> bool:
+        """Decode the files a worker took and queue them; False when abandoned at shutdown."""
+        view = self._view()
+        done: Stage
+        if self._claims is None:
+            for ready in files:
+                started = time.perf_counter()
+                done = guarded(ready, partial(decode, ready, self._limits, view, self._budget))
+                self._metrics.stage.labels("decode").observe(time.perf_counter() - started)
+                if not self._put(Prepared(done, view)):
+                    return False
+            return True
+        started = time.perf_counter()
+        loaded = [guarded(ready, partial(load, ready, self._limits, keep=False)) for ready in files]
+        read_s = (time.perf_counter() - started) / len(files)  # read + hash, per file
+        for item in self._claim(loaded):
+            if isinstance(item, Loaded):
+                started = time.perf_counter()
+                with self._budget.reservation() as held:
+                    done = guarded(item.source, partial(decode_loaded, item, self._limits, view, held))
+                self._metrics.stage.labels("decode").observe(read_s + time.perf_counter() - started)
+            else:
+                done = item
+            if isinstance(done, Held):
+                done.source.close()  # another worker's file: it will open it itself
+            if not self._put(Prepared(done, view)):
+                return False
+        return True
+
+    def alive(self, stall_after_s: float) -> bool:
+        """Every worker thread is running, and none has been stuck on one file for ``stall_after_s``."""
+        now = time.monotonic()
+        if self._threads_started and not all(t.is_alive() for t in self._threads):
+            return self._stopping.is_set()
+        return all(now - since < stall_after_s for since in list(self._busy.values()))
 
     def _put(self, prepared: Prepared) -> bool:
         while not self._abandoned.is_set():
@@ -135,20 +176,22 @@ class Intake:
                 continue
         return False
 
-    def _claim(self, items: list[Loaded | Rejected | Vanished]) -> list[Loaded | Stage]:
+    def _claim(self, items: list[Loaded | Rejected | Vanished | Changed]) -> list[Loaded | Stage]:
         """Shared folder: claim the group's files in one transaction; only those won are decoded."""
         claims = self._claims
         assert claims is not None
-        wanted = {i.sha256: str(i.source.path) for i in items if not isinstance(i, Vanished)}
+        wanted = {
+            i.sha256: safe_name(str(i.source.path)) for i in items if not isinstance(i, Vanished | Changed)
+        }
         try:
             results = claims.claim_many(wanted)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, ValueError) as exc:  # ValueError: a value the database cannot take
             self._metrics.claims.labels("unavailable").inc(len(wanted))
             log.warning("claim.unavailable", files=len(wanted), error=db.brief(exc))
             results = None
         out: list[Loaded | Stage] = []
         for item in items:
-            if isinstance(item, Vanished):
+            if isinstance(item, Vanished | Changed):
                 out.append(item)
                 continue
             result = results[item.sha256] if results is not None else None
@@ -174,9 +217,10 @@ def guarded(ready: ReadyFile, step: Callable[[], _T]) -> _T | Rejected | Vanishe
 
 
 def _internal_error(ready: ReadyFile, exc: Exception) -> Rejected | Vanished:
+    ready.close()
     try:
         st = ready.path.lstat()
-    except FileNotFoundError:
+    except OSError:
         return Vanished(ready)
     return Rejected(
         ready,

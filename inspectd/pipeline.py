@@ -11,26 +11,31 @@ Files arrive decoded (intake.py). On a shared incoming folder a file another wor
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd import archive, db, logs
-from inspectd.decode import DecodeLimits, decode
+from inspectd.budget import MemoryBudget
+from inspectd.decode import DecodeLimits, changed, decode_loaded
 from inspectd.infer import Inferencer
 from inspectd.intake import Prepared, guarded
 from inspectd.metrics import Metrics
 from inspectd.persist import KnownRow, Store
 from inspectd.records import (
+    Changed,
     Decoded,
     Disposition,
     Held,
+    Loaded,
     Outcome,
     Rejected,
     Scored,
@@ -53,6 +58,19 @@ class Aborted(Exception):
 class Destinations:
     processed: Path
     quarantine: Path
+    incoming: Path | None = None  # its own .quarantine takes what cannot cross filesystems
+
+    def local_quarantine(self) -> Path | None:
+        """Where a folder or special file is quarantined: ``quarantine`` when it is on incoming's
+        filesystem (a rename), else ``<incoming>/.quarantine`` (such things are never copied)."""
+        if self.incoming is None:
+            return None
+        try:
+            if self.incoming.stat().st_dev == self.quarantine.stat().st_dev:
+                return None
+        except OSError:
+            pass
+        return self.incoming / archive.LOCAL_QUARANTINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +84,10 @@ class _Planned:
     known: KnownRow | None
 
 
-def _held_reason(item: Vanished | Held) -> str | None:
+NOT_MOVABLE = ("not_a_file", "symlink")  # rejections that are not regular files
+
+
+def _held_reason(item: Vanished | Held | Changed) -> str | None:
     if not isinstance(item, Held):
         return None
     return f"held by {item.holder}" if item.holder else CLAIM_UNAVAILABLE
@@ -85,6 +106,7 @@ class Pipeline:
         retry_initial_s: float,
         retry_max_s: float,
         should_abort: Callable[[], bool] = lambda: False,
+        budget: MemoryBudget | None = None,
         roi: tuple[float, float, float, float] | None = None,
         tile: int | None = None,
         tile_overlap: float | None = None,
@@ -104,13 +126,21 @@ class Pipeline:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.should_abort = should_abort
+        self.budget = budget or MemoryBudget(1 << 62)
 
     def view(self) -> View:
         """How the active model looks at a frame: its input size, the ROI, its tiling."""
         return view_for(self.inferencer.meta, self.roi, self.tile, self.tile_overlap)
 
     def finish(self, batch: list[Prepared]) -> list[Outcome]:
-        """Infer, persist and archive a batch of decoded files."""
+        """Infer, persist and archive a batch of decoded files (every descriptor is closed after)."""
+        try:
+            return self._finish(batch)
+        finally:
+            for prepared in batch:
+                prepared.item.source.close()
+
+    def _finish(self, batch: list[Prepared]) -> list[Outcome]:
         view = self.view()
         decoded = [self._for_view(p, view) for p in batch]
         self.metrics.batch_size.observe(len(batch))
@@ -130,65 +160,81 @@ class Pipeline:
         if fresh:
             self.metrics.stage.labels("infer").observe(time.perf_counter() - started)
 
+        # a file written to since it was read is not final: no row for bytes that are no longer there
+        moved_on = {id(i) for i in items if i.source.opened is not None and changed(i.source)}
+        if moved_on:
+            items = [i for i in items if id(i) not in moved_on]
+            decoded = [Changed(i.source) if id(i) in moved_on else i for i in decoded]
+
         plans = self._plan(items, scored, known)
         started = time.perf_counter()
-        rows = [p.row for p in plans if p.row is not None]
-        inserted = self._with_retry(lambda: self.store.insert(rows, (i.sha256 for i in items)))
+        inserted, refused = self._persist(plans, [i.sha256 for i in items])
         committed = time.monotonic()
         self.metrics.stage.labels("persist").observe(time.perf_counter() - started)
         self.metrics.db_up.set(1)
+        plans = self._reroute(plans, inserted, refused)
 
         outcomes = [
             Outcome(
-                v.source,
-                v.sha256 if isinstance(v, Held) else None,
-                Disposition.ELSEWHERE if isinstance(v, Held) else Disposition.VANISHED,
-                None,
-                None,
-                None,
-                None,
-                None,
-                _held_reason(v),
-                committed - v.source.ready_at,
+                source=v.source,
+                sha256=v.sha256 if isinstance(v, Held) else None,
+                disposition=_DISPOSITION[type(v)],
+                status=None,
+                verdict=None,
+                score=None,
+                destination=None,
+                row_id=None,
+                reason=_held_reason(v),
+                latency_s=committed - v.source.ready_at,
+                look_again=isinstance(v, Changed),
             )
             for v in decoded
-            if isinstance(v, Vanished | Held)
+            if isinstance(v, Vanished | Held | Changed)
         ]
         started = time.perf_counter()
-        outcomes += [self._archive(plan, inserted, committed) for plan in plans]
+        outcomes += [self._archive(plan, inserted, refused, committed) for plan in plans]
         self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
         return outcomes
 
     def _for_view(self, prepared: Prepared, view: View) -> Stage:
         """A file decoded for a model that has since been replaced by one that looks at frames
-        differently (input size, tiling) is decoded again for the new one."""
+        differently (input size, tiling) is decoded again for the new one, from the same descriptor."""
         item = prepared.item
         if prepared.view == view or not isinstance(item, Decoded):
             return item
-        return guarded(item.source, partial(decode, item.source, self.limits, view))
+        loaded = Loaded(item.source, item.sha256, None)
+        with self.budget.reservation() as held:
+            return guarded(item.source, partial(decode_loaded, loaded, self.limits, view, held))
 
     def _classify(self, fresh: list[Decoded]) -> tuple[dict[str, Scored], dict[str, Rejected]]:
         """Score the batch in one call; if that fails, score image by image so one bad input is recorded
-        as its own error and the others still get their verdicts."""
+        as its own error and the others still get their verdicts. A score that is not a number is an
+        inference failure of that image, never a row."""
         try:
             batch = self.inferencer.classify(fresh, self.threshold, self.tile_reduce)
-            return {s.image.sha256: s for s in batch}, {}
         except (RuntimeError, ValueError) as exc:
             log.error("infer.batch_failed", images=len(fresh), error=str(exc))
+        else:
+            good = {s.image.sha256: s for s in batch if np.isfinite(s.score)}
+            bad = {
+                s.image.sha256: _inference_failed(s.image, f"the model gave a non-finite score ({s.score})")
+                for s in batch
+                if not np.isfinite(s.score)
+            }
+            return good, bad
         scored: dict[str, Scored] = {}
         failed: dict[str, Rejected] = {}
         for image in fresh:
             try:
-                scored[image.sha256] = self.inferencer.classify([image], self.threshold, self.tile_reduce)[0]
+                one = self.inferencer.classify([image], self.threshold, self.tile_reduce)[0]
             except (RuntimeError, ValueError) as exc:
-                failed[image.sha256] = Rejected(
-                    image.source,
-                    image.sha256,
-                    image.size_bytes,
-                    "inference_failed",
-                    str(exc),
-                    image.width,
-                    image.height,
+                failed[image.sha256] = _inference_failed(image, str(exc))
+                continue
+            if np.isfinite(one.score):
+                scored[image.sha256] = one
+            else:
+                failed[image.sha256] = _inference_failed(
+                    image, f"the model gave a non-finite score ({one.score})"
                 )
         return scored, failed
 
@@ -205,18 +251,18 @@ class Pipeline:
             path = item.source.path
             row_known = known.get(item.sha256)
             stored = Path(row_known.stored_path) if row_known is not None else None
-            if stored is not None and (not stored.exists() or archive.same_file(path, stored)):
+            if stored is not None and (not os.path.lexists(stored) or archive.same_file(path, stored)):
                 # committed by an earlier run that stopped before (or halfway through) the move: finish it
                 plans.append(_Planned(item, None, None, stored, row_known))
                 continue
             if row_known is not None or item.sha256 in claimed:
-                root = self._root_for(row_known.status if row_known else self._status(item))
+                root = self._root_for(item, row_known.status if row_known else self._status(item))
                 dest = archive.plan(root, now, path.name, item.sha256, taken)
                 plans.append(_Planned(item, None, None, dest, row_known))
                 continue
             claimed.add(item.sha256)
             status = self._status(item)
-            dest = archive.plan(self._root_for(status), now, path.name, item.sha256, taken)
+            dest = archive.plan(self._root_for(item, status), now, path.name, item.sha256, taken)
             score = scored.get(item.sha256)
             plans.append(_Planned(item, score, self._row(score or item, dest, now), dest, None))
         return plans
@@ -225,16 +271,22 @@ class Pipeline:
     def _status(item: Decoded | Rejected) -> str:
         return Status.ERROR.value if isinstance(item, Rejected) else Status.OK.value
 
-    def _root_for(self, status: str) -> Path:
-        return self.destinations.quarantine if status == Status.ERROR else self.destinations.processed
+    def _root_for(self, item: Decoded | Rejected, status: str) -> Path:
+        if status != Status.ERROR:
+            return self.destinations.processed
+        if isinstance(item, Rejected) and item.reason in NOT_MOVABLE:
+            local = self.destinations.local_quarantine()
+            if local is not None:
+                return local
+        return self.destinations.quarantine
 
     def _row(self, item: Scored | Rejected | Decoded, dest: Path, now: datetime) -> dict[str, Any]:
         if isinstance(item, Decoded):
             raise AssertionError("every new image is scored before its row is built")
         source = item.image.source if isinstance(item, Scored) else item.source
         row: dict[str, Any] = {
-            "original_name": source.path.name,
-            "stored_path": str(dest),
+            "original_name": archive.safe_name(source.path.name),
+            "stored_path": archive.safe_name(str(dest)),
             "received_at": source.received_at,
             "processed_at": now,
             "latency_s": max(0.0, time.monotonic() - source.ready_at),
@@ -275,27 +327,90 @@ class Pipeline:
             )
         return row
 
+    # --- persist -------------------------------------------------------------------------------------
+
+    def _persist(self, plans: list[_Planned], hashes: list[str]) -> tuple[dict[str, int], set[str]]:
+        """Insert the batch's new rows in one transaction. When the database refuses the batch for good
+        (not an outage: a value it cannot store), each row is tried alone, a refused row is replaced by
+        an error row saying why, and a file whose error row is refused too is left unrecorded in
+        incoming (``refused``); the rest of the batch is recorded either way."""
+        rows = [p.row for p in plans if p.row is not None]
+        try:
+            return self._with_retry(lambda: self.store.insert(rows, hashes)), set()
+        except PermanentError as exc:
+            log.error("db.batch_refused", rows=len(rows), error=db.brief(exc.cause))
+        inserted: dict[str, int] = {}
+        refused: set[str] = set()
+        for row in rows:
+            for attempt in (row, _refused_row(row)):
+                try:
+                    inserted.update(self._with_retry(partial(self.store.insert, [attempt])))
+                    break
+                except PermanentError as exc:
+                    log.error(
+                        "db.row_refused",
+                        sha256=row["content_hash"],
+                        file=row["original_name"],
+                        error=db.brief(exc.cause),
+                    )
+            else:
+                refused.add(row["content_hash"])
+        self._with_retry(partial(self.store.insert, [], hashes))  # the claims of the batch end here
+        return inserted, refused
+
+    def _reroute(self, plans: list[_Planned], inserted: dict[str, int], refused: set[str]) -> list[_Planned]:
+        """A new row that another writer inserted first (between our look-up and our insert): the file
+        goes where that row says, as if recovered, unless something is already there."""
+        lost = [p.item.sha256 for p in plans if p.row is not None and p.item.sha256 not in inserted]
+        lost = [h for h in lost if h not in refused]
+        if not lost:
+            return plans
+        known = self._with_retry(lambda: self.store.known(lost))
+        out: list[_Planned] = []
+        for plan in plans:
+            row = known.get(plan.item.sha256) if plan.row is not None else None
+            if row is not None and not os.path.lexists(row.stored_path):
+                plan = _Planned(plan.item, None, None, Path(row.stored_path), row)
+            elif row is not None:
+                plan = _Planned(plan.item, None, None, plan.dest, row)
+            out.append(plan)
+        return out
+
     # --- after commit --------------------------------------------------------------------------------
 
-    def _archive(self, plan: _Planned, inserted: dict[str, int], committed: float) -> Outcome:
+    def _archive(
+        self, plan: _Planned, inserted: dict[str, int], refused: set[str], committed: float
+    ) -> Outcome:
         item = plan.item
+        name = archive.safe_name(item.source.path.name)
+        if item.sha256 in refused and plan.row is not None:
+            return _outcome(item, Disposition.UNRECORDED, None, None, None, committed)
         if plan.row is not None and item.sha256 in inserted:
             disposition, row_id = Disposition.RECORDED, inserted.get(item.sha256)
         elif plan.known is not None and plan.dest == Path(plan.known.stored_path):
             disposition, row_id = Disposition.RECOVERED, plan.known.id
         else:  # a known hash, or a row another writer inserted between our lookup and our insert
             disposition, row_id = Disposition.DUPLICATE, plan.known.id if plan.known else None
-        reason = item.reason if isinstance(item, Rejected) else None
         dest: Path | None = plan.dest
+        opened = item.source.opened
+        look_again = False
         try:
-            archive.move(item.source.path, plan.dest)
+            taken = archive.take(
+                item.source.path,
+                plan.dest,
+                opened.id if opened is not None else None,
+                opened.fd if opened is not None else None,
+            )
+            look_again = taken.replaced
+            if taken.replaced:
+                log.warning("archive.replaced_meanwhile", file=name, row_id=row_id, moved_to=str(plan.dest))
         except FileNotFoundError:
-            log.warning("archive.source_gone", file=item.source.path.name, row_id=row_id)
+            log.warning("archive.source_gone", file=name, row_id=row_id)
             dest = None
         except OSError as exc:
             log.error(
                 "archive.failed",
-                file=item.source.path.name,
+                file=name,
                 dest=str(plan.dest),
                 error=exc.strerror or str(exc),
                 row_id=row_id,
@@ -309,29 +424,22 @@ class Pipeline:
             try:
                 archive.write_reason(dest, item.reason, item.detail)
             except OSError as exc:  # the file is quarantined and its row says why; the note is a courtesy
-                log.warning("archive.note_failed", file=item.source.path.name, error=exc.strerror or str(exc))
+                log.warning("archive.note_failed", file=name, error=exc.strerror or str(exc))
         scored = plan.scored if disposition is Disposition.RECORDED else None
-        return Outcome(
-            source=item.source,
-            sha256=item.sha256,
-            disposition=disposition,
-            status=Status.ERROR if reason else Status.OK,
-            verdict=scored.verdict if scored else None,
-            score=scored.score if scored else None,
-            destination=dest,
-            row_id=row_id,
-            reason=reason,
-            latency_s=committed - item.source.ready_at,
-        )
+        return replace(_outcome(item, disposition, row_id, dest, scored, committed), look_again=look_again)
 
     # --- database outages ----------------------------------------------------------------------------
 
     def _with_retry(self, operation: Callable[[], _T]) -> _T:
+        """Run a database operation until it succeeds, waiting out outages (with backoff); an error that
+        a retry cannot mend (a constraint, a value the database cannot store) raises PermanentError."""
         delay = self.retry_initial_s
         while True:
             try:
                 return operation()
             except SQLAlchemyError as exc:
+                if not db.transient(exc):
+                    raise PermanentError(exc) from exc
                 self.metrics.db_failures.inc()
                 self.metrics.db_up.set(0)
                 log.error(
@@ -348,3 +456,67 @@ class Pipeline:
                     time.sleep(min(0.1, delay))
                 delay = min(delay * 2, self.retry_max_s)
                 self.metrics.db_retries.inc()
+            except (ValueError, TypeError) as exc:  # the driver refused a value (UnicodeEncodeError, ...)
+                raise PermanentError(exc) from exc
+
+
+class PermanentError(Exception):
+    """The database refused an operation for a reason a retry cannot change."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+_DISPOSITION: dict[type, Disposition] = {
+    Vanished: Disposition.VANISHED,
+    Held: Disposition.ELSEWHERE,
+    Changed: Disposition.CHANGED,
+}
+
+
+def _inference_failed(image: Decoded, detail: str) -> Rejected:
+    return Rejected(
+        image.source, image.sha256, image.size_bytes, "inference_failed", detail, image.width, image.height
+    )
+
+
+def _refused_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The error row that replaces a row the database refused: nothing but what it can surely store."""
+    return {
+        **row,
+        "original_name": row["original_name"].encode("ascii", "backslashreplace").decode(),
+        "stored_path": row["stored_path"].encode("ascii", "backslashreplace").decode(),
+        "status": Status.ERROR.value,
+        "model_version": None,
+        "threshold": None,
+        "score": None,
+        "verdict": None,
+        "box_x": None,
+        "box_y": None,
+        "box_w": None,
+        "box_h": None,
+        "error_reason": "persist_failed: the database refused this image's result",
+    }
+
+
+def _outcome(
+    item: Decoded | Rejected,
+    disposition: Disposition,
+    row_id: int | None,
+    dest: Path | None,
+    scored: Scored | None,
+    committed: float,
+) -> Outcome:
+    return Outcome(
+        source=item.source,
+        sha256=item.sha256,
+        disposition=disposition,
+        status=Status.ERROR if isinstance(item, Rejected) else Status.OK,
+        verdict=scored.verdict if scored else None,
+        score=scored.score if scored else None,
+        destination=dest,
+        row_id=row_id,
+        reason=item.reason if isinstance(item, Rejected) else None,
+        latency_s=committed - item.source.ready_at,
+    )

@@ -8,11 +8,17 @@
   is taken once unchanged for ``stale_s``;
 - hidden and temporary names (``.name.XXXXXX`` from rsync, ``*.part``, ``*.tmp``, ...) are never taken.
 
-A path is handed out once; it can come back only after ``release`` (the pipeline is done with it), so
-events and rescans never make the same file be processed twice at the same time. On a shared folder a
-file another worker holds is ``rest``ed: rescans skip it until that worker's lease could have ended.
+- an empty candidate is never complete by settling (FTP/SMB servers and wget create a file, then write it
+  later): it waits for its close, its first write, or ``stale_s``.
 
-Events arrive on the observer's thread; ``take`` runs on the pipeline thread.
+A path is handed out once; it can come back only after ``release`` (the pipeline is done with it), so
+events and rescans never make the same file be processed twice at the same time. An event for a path in
+flight (a writer replacing the file under the same name) is not lost: the path is looked at again when
+it is released. On a shared folder a file another worker holds is ``rest``ed: rescans skip it until that
+worker's lease could have ended; a file whose move failed is rested too, so it is not read again and
+again.
+
+Events arrive on the observer's thread; ``take`` runs on the decode workers' threads.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from inspectd.archive import STAGING_SUFFIX
 from inspectd.records import ReadyFile
 
 Clock = Callable[[], float]
@@ -64,6 +71,8 @@ class Readiness:
         self._seq = itertools.count()
         self._ready: deque[ReadyFile] = deque()
         self._claimed: set[Path] = set()  # in _ready or being processed
+        # in flight, and an event came for it meanwhile (True: a completion): look again after release
+        self._dirty: dict[Path, bool] = {}
         self._resting: dict[Path, float] = {}  # held by another worker: not rescanned before this time
         self.last_scan_total = 0  # acceptable files seen in the folder by the last scan
 
@@ -72,6 +81,8 @@ class Readiness:
     def accepts(self, path: Path) -> bool:
         name = path.name
         if path.parent != self.folder or any(fnmatchcase(name, pattern) for pattern in self._ignore):
+            return False
+        if name.endswith(STAGING_SUFFIX):  # the archive's own private names, whatever ``ignore`` says
             return False
         return name.lower().endswith(self._extensions)
 
@@ -82,6 +93,9 @@ class Readiness:
         if not self.accepts(path):
             return
         with self._cond:
+            if path in self._claimed:
+                self._dirty[path] = True
+                return
             self._pending.pop(path, None)
             self._make_ready(path)
 
@@ -94,6 +108,7 @@ class Readiness:
             return
         with self._cond:
             if path in self._claimed:
+                self._dirty.setdefault(path, False)
                 return
             candidate = self._pending.get(path)
             now = self._clock()
@@ -116,7 +131,7 @@ class Readiness:
         """Make every acceptable file in the folder a candidate (start-up, periodic reconciliation)."""
         try:
             entries = list(os.scandir(self.folder))
-        except FileNotFoundError:
+        except OSError:  # gone, or not readable right now: the watch check and the next scan tell
             return 0
         added = total = 0
         now = self._clock()
@@ -155,9 +170,21 @@ class Readiness:
                     remaining = min(remaining, max(self._due[0][0] - now, 0.001))
                 self._cond.wait(remaining)
 
-    def release(self, paths: Iterable[Path]) -> None:
+    def release(self, paths: Iterable[Path], again: Iterable[Path] = ()) -> None:
+        """The pipeline is done with ``paths``; those in ``again`` (not final yet: written to while they
+        were read, or replaced) and those an event came for meanwhile become candidates again."""
+        now = self._clock()
         with self._cond:
+            paths = list(paths)
             self._claimed.difference_update(paths)
+            events = {p: self._dirty.pop(p) for p in paths if p in self._dirty}
+            for path in set(again) | set(events):
+                if events.get(path) and path not in again:  # completed meanwhile: ready now
+                    self._pending.pop(path, None)
+                    self._make_ready(path)
+                elif path not in self._pending:
+                    candidate = self._pending[path] = _Candidate(False, _signature(path), now, now)
+                    self._schedule(path, candidate, now + self._settle)
 
     def rest(self, paths: Iterable[Path], seconds: float) -> None:
         until = self._clock() + seconds
@@ -214,7 +241,8 @@ class Readiness:
             if signature != candidate.signature:
                 candidate.signature = signature
                 candidate.stable_since = now
-            needed = self._needed(candidate)
+            # an empty file is not complete by settling: a writer may hold it open, about to write
+            needed = self._stale if signature[0] == 0 else self._needed(candidate)
             if now - candidate.stable_since >= needed:
                 del self._pending[path]
                 self._make_ready(path)
@@ -226,6 +254,6 @@ def _signature(path: Path) -> tuple[int, int] | None:
     """(size, mtime) of the path itself (links not followed); None when it no longer exists."""
     try:
         st = path.lstat()
-    except FileNotFoundError:
+    except OSError:  # gone (or a name the filesystem refuses): nothing to take
         return None
     return st.st_size, st.st_mtime_ns

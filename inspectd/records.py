@@ -1,11 +1,15 @@
 """The typed, immutable records that flow between stages, in pipeline order.
 
-file event -> ReadyFile -> [Loaded -> claim ->] Decoded | Rejected | Held -> Scored -> Outcome
+file event -> ReadyFile -> [Loaded -> claim ->] Decoded | Rejected | Held | Changed -> Scored -> Outcome
+
+From the read on, a file is its open descriptor (``OpenFile``), not its name: the bytes hashed, decoded and
+archived are those of the inode that was read, even if a writer replaces the name meanwhile.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -32,16 +36,62 @@ class Disposition(StrEnum):
     DUPLICATE = "duplicate"  # the same bytes already have a row: no second row, file archived as a copy
     VANISHED = "vanished"  # the file disappeared before it could be read: nothing to record
     DEFERRED = "deferred"  # committed, but the move failed: the file stays in incoming and is retried
+    CHANGED = "changed"  # written to while it was read: not final, left in incoming and looked at again
+    UNRECORDED = "unrecorded"  # the database refused even its error row: left in incoming, retried later
     ELSEWHERE = "elsewhere"  # shared folder: another worker holds its claim; left in incoming for it
 
 
 @dataclass(frozen=True, slots=True)
+class FileId:
+    """Which file a name pointed to when it was opened, and its size and mtime then."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileId:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def same_inode(self, st: os.stat_result) -> bool:
+        return (self.dev, self.ino) == (st.st_dev, st.st_ino)
+
+
+class OpenFile:
+    """A file opened once, by the decode stage: its descriptor keeps the inode (and its bytes) alive until
+    the archive stage has put them in place, even if a writer renames another file over the name."""
+
+    __slots__ = ("fd", "id")
+
+    def __init__(self, fd: int, file_id: FileId) -> None:
+        self.fd: int | None = fd
+        self.id = file_id
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"OpenFile(fd={self.fd}, ino={self.id.ino})"
+
+
+@dataclass(frozen=True, slots=True)
 class ReadyFile:
-    """A file judged completely written (readiness stage)."""
+    """A file judged completely written (readiness stage); from its read on, also its open descriptor."""
 
     path: Path
     ready_at: float  # time.monotonic() when judged ready: the start of the latency clock
     received_at: datetime  # wall-clock time of the same moment (UTC)
+    opened: OpenFile | None = None  # set by the decode stage's read
+
+    def with_file(self, opened: OpenFile) -> ReadyFile:
+        return replace(self, opened=opened)
+
+    def close(self) -> None:
+        if self.opened is not None:
+            self.opened.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +100,7 @@ class Loaded:
 
     source: ReadyFile
     sha256: str
-    content: bytes
+    content: bytes | None  # None: hashed in chunks, not kept (read again from the descriptor to decode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +150,13 @@ class Vanished:
 
 
 @dataclass(frozen=True, slots=True)
+class Changed:
+    """The file changed while it was read (a writer still at work): not final, looked at again later."""
+
+    source: ReadyFile
+
+
+@dataclass(frozen=True, slots=True)
 class Scored:
     """A decoded image and the model's calibrated answer (infer stage)."""
 
@@ -125,6 +182,7 @@ class Outcome:
     row_id: int | None
     reason: str | None
     latency_s: float
+    look_again: bool = False  # the name in incoming holds another file now (or this one, not final yet)
 
 
-Stage = Decoded | Rejected | Vanished | Held  # what the decode stage hands to the batch stage
+Stage = Decoded | Rejected | Vanished | Held | Changed  # what the decode stage hands to the batch stage

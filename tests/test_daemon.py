@@ -200,7 +200,7 @@ def test_http_endpoints(daemon: Start, upgraded: Workspace) -> None:
     status, body = proc.get("/readyz")
     assert status == 200 and json.loads(body) == {
         "ready": True,
-        "checks": {"model": True, "database": True, "watcher": True},
+        "checks": {"model": True, "database": True, "watcher": True, "decoders": True},
     }
     assert proc.get("/healthz") == (200, "ok\n")
     assert proc.get("/nope")[0] == 404

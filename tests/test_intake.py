@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from inspectd import batcher
-from inspectd import intake as intake_module
+from inspectd import decode as decode_module
+from inspectd.budget import Reservation
 from inspectd.decode import DecodeLimits, decode_loaded
 from inspectd.intake import Intake, Prepared
 from inspectd.metrics import Metrics
 from inspectd.readiness import Readiness
-from inspectd.records import Decoded, Loaded, Rejected
+from inspectd.records import Changed, Decoded, Loaded, Rejected
 from inspectd.tiles import View
 from tests.conftest import png_bytes, wait_until, write_burst
 
@@ -100,12 +101,14 @@ def test_a_bug_in_one_file_is_recorded_against_that_file_and_the_rest_go_on(
 ) -> None:
     real = decode_loaded
 
-    def flaky(loaded: Loaded, limits: DecodeLimits, view: View) -> Decoded | Rejected:
+    def flaky(
+        loaded: Loaded, limits: DecodeLimits, view: View, held: Reservation
+    ) -> Decoded | Rejected | Changed:
         if loaded.source.path.name == "001.png":
             raise KeyError("a bug in the decode stage")  # fault injection: what no input should cause
-        return real(loaded, limits, view)
+        return real(loaded, limits, view, held)
 
-    monkeypatch.setattr(intake_module, "decode_loaded", flaky)
+    monkeypatch.setattr(decode_module, "decode_loaded", flaky)
     readiness, intake = make(tmp_path, workers=2)
     drop(tmp_path, readiness, 3)
     intake.start()
@@ -116,3 +119,51 @@ def test_a_bug_in_one_file_is_recorded_against_that_file_and_the_rest_go_on(
     bad = got["001.png"]
     assert isinstance(bad, Rejected) and bad.reason == "internal_error" and "KeyError" in bad.detail
     assert isinstance(got["000.png"], Decoded) and isinstance(got["002.png"], Decoded)
+
+
+def test_a_worker_survives_an_error_outside_any_file_and_gives_its_files_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readiness, intake = make(tmp_path, workers=1)
+    real = intake._handle
+    calls = []
+
+    def broken_once(files: list) -> bool:  # type: ignore[type-arg]
+        calls.append(len(files))
+        if len(calls) == 1:
+            raise RuntimeError("fault injection: a bug between two files")
+        return real(files)
+
+    monkeypatch.setattr(intake, "_handle", broken_once)
+    drop(tmp_path, readiness, 1)
+    intake.start()
+    (got,) = wait_until(lambda: drain(intake) or None, 10, "the file, after the worker's error")
+    assert isinstance(got.item, Decoded) and len(calls) == 2
+    assert intake.alive(30.0)
+    intake.stop()
+
+
+def test_the_memory_budget_lets_one_huge_decode_in_at_a_time() -> None:
+    import threading
+
+    from inspectd.budget import MemoryBudget, OverBudget
+
+    budget = MemoryBudget(100)
+    order: list[str] = []
+    with budget.reservation() as first:
+        first.ensure(70)
+
+        def second() -> None:
+            with budget.reservation() as held:
+                held.ensure(10)  # fits beside the first
+                held.ensure(60)  # does not: waits, holding nothing, until the first is done
+                order.append("second")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.2)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"] and budget.used == 0
+    with budget.reservation() as held, pytest.raises(OverBudget):
+        held.ensure(101)

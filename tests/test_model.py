@@ -6,15 +6,38 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from inspectd.infer import MAX_CHUNK, Inferencer, ModelLoadError, _chunks
+from inspectd.config import ModelConfig
+from inspectd.infer import (
+    MAX_CHUNK,
+    Inferencer,
+    ModelLoadError,
+    Runner,
+    _chunks,
+    call_sizes,
+    max_inputs_for,
+    sigmoid,
+)
 from inspectd.preprocess import preprocess
-from inspectd.registry import ModelRegistry, RegistryError, bundled_model_dir, read_meta
+from inspectd.registry import (
+    MODEL_FILE,
+    SELFTEST_FILE,
+    ModelMeta,
+    ModelRegistry,
+    RegistryError,
+    Tiling,
+    bundled_model_dir,
+    file_sha256,
+    read_meta,
+    write_meta,
+)
 from inspectd.synth import SynthSpec, generate
+from tests.conftest import Workspace
 
 
 @pytest.fixture
@@ -136,3 +159,89 @@ def test_daemon_runtime_never_imports_tensorflow() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --- a model is loaded completely: every call size its batches can use --------------------------------
+
+
+@pytest.mark.parametrize("max_inputs", [1, 2, 3, 16, 17, 63, 64, 65, 200, 1024])
+def test_call_sizes_are_every_size_a_batch_can_use(max_inputs: int) -> None:
+    used = {size for n in range(1, max_inputs + 1) for _, size in _chunks(n)}
+    assert call_sizes(max_inputs) == sorted(used)
+    assert call_sizes(16) == [1, 2, 4, 8, 16] and call_sizes(1000) == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_load_creates_and_runs_every_call_size() -> None:
+    inferencer = Inferencer.load(bundled_model_dir(), num_threads=1, max_inputs=16)
+    assert sorted(inferencer._runner._interpreters) == [1, 2, 4, 8, 16]
+    assert not hasattr(inferencer, "warm")  # nothing left to do after load
+
+
+def test_max_inputs_for_a_station() -> None:
+    meta = read_meta(bundled_model_dir())
+    assert meta.tiling is None
+    assert max_inputs_for(meta, ModelConfig(), 16) == 16  # one input per image
+    assert max_inputs_for(meta, ModelConfig(tile=256), 16) == MAX_CHUNK  # the station tiles it
+    tiled = meta.model_copy(update={"tiling": Tiling(tile=128)})
+    assert max_inputs_for(tiled, ModelConfig(), 4) == MAX_CHUNK  # the version is tiled
+
+
+def fixed_batch_version(out: Path, version: str) -> Path:
+    """A version whose network only runs one input at a time (its batch fixed at 1 when converted): it
+    passes the checksum and a one-input self-test, and XNNPack cannot reshape it for a call of two."""
+    from inspectd.train.tf import tensorflow
+
+    tf = tensorflow()
+    weights = tf.constant(np.random.default_rng(0).normal(0, 0.05, (32 * 32, 1)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 1], tf.float32)])  # type: ignore[untyped-decorator]
+    def net(x: object) -> object:
+        return tf.matmul(tf.reshape(x, [1, 32 * 32]), weights)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+    content = bytes(converter.convert())
+    out.mkdir(parents=True)
+    (out / MODEL_FILE).write_bytes(content)
+    image = np.random.default_rng(1).integers(0, 256, (1, 32, 32), dtype=np.uint8)
+    logit = Runner(content, (32, 32), 1).logits(image[..., np.newaxis].astype(np.float32) / 255.0)
+    np.savez_compressed(out / SELFTEST_FILE, inputs=image, scores=sigmoid(logit))
+    meta = ModelMeta(
+        version=version,
+        input_size=(32, 32),
+        threshold=0.5,
+        created_at=datetime.now(UTC),
+        model_sha256=file_sha256(out / MODEL_FILE),
+    )
+    write_meta(out, meta)
+    return out
+
+
+@pytest.mark.train
+def test_a_network_with_a_fixed_batch_of_one_is_refused_at_load(tmp_path: Path) -> None:
+    folder = fixed_batch_version(tmp_path / "fixed-1", "fixed-1")
+    Inferencer.load(folder, num_threads=1, max_inputs=1)  # checksum, one-input calls, self-test: fine
+    with pytest.raises(ModelLoadError, match="cannot run a call of 2 inputs") as refused:
+        Inferencer.load(folder, num_threads=1, max_inputs=16)
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith("fixed-1: ")
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_promote_refuses_a_version_the_daemon_could_not_run(upgraded: Workspace) -> None:
+    registry = ModelRegistry(upgraded.models)
+    active = registry.ensure_active()
+    fixed_batch_version(registry.versions / "fixed-1", "fixed-1")
+
+    refused = upgraded.cli("promote", "fixed-1", check=False)  # [batch] max_size 16: calls of up to 16
+    assert refused.returncode == 1, refused.stdout
+    (line,) = [line for line in refused.stderr.splitlines() if "fixed-1" in line]  # one line, the reason
+    assert line.startswith("Error: not promoted: fixed-1: cannot run a call of 2 inputs: "), line
+    assert registry.active_version() == active
+    assert "(* = " + active in upgraded.cli("models").stdout  # nothing recorded in the database
+
+    upgraded.write_config(batch={"max_size": 1}, model={"num_threads": 1, "tile": 256})  # tiles: up to 64
+    assert upgraded.cli("promote", "fixed-1", check=False).returncode == 1
+    upgraded.write_config(batch={"max_size": 1})  # one image, one input per call: the daemon can run it
+    assert "active model: fixed-1" in upgraded.cli("promote", "fixed-1").stdout
+    assert registry.active_version() == "fixed-1"

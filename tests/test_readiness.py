@@ -195,3 +195,47 @@ def test_inotify_rename_in_is_ready_at_once_an_open_file_waits_for_its_close(tmp
     finally:
         observer.stop()
         observer.join(5)
+
+
+def test_an_empty_created_file_waits_for_its_writer(tmp_path: Path) -> None:
+    """FTP/SMB servers create first and write later: an empty file is not complete by settling."""
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    path = tmp_path / "ftp.png"
+    path.touch()
+    r.touched(path, writing=False)
+    clock.now += 5.0  # far past settle_s
+    assert r.take(10, 0) == []
+    path.write_bytes(b"data")  # the bytes arrive, the close completes it
+    r.completed(path)
+    assert names(r.take(10, 0)) == ["ftp.png"]
+    other = tmp_path / "left-empty.png"
+    other.touch()
+    r.touched(other, writing=False)
+    clock.now += 10.1  # stale_s: a writer that never came back; taken (and recorded) as empty
+    assert names(r.take(10, 0)) == ["left-empty.png"]
+
+
+def test_an_event_for_a_path_in_flight_is_looked_at_after_its_release(tmp_path: Path) -> None:
+    """A camera renames its next frame over the name while the first is being processed."""
+    clock = FakeClock()
+    r = make(tmp_path, clock)
+    path = tmp_path / "cam.png"
+    path.write_bytes(b"frame-1")
+    r.completed(path)
+    (taken,) = r.take(10, 0)
+    path.write_bytes(b"frame-2")
+    r.completed(path)  # in flight: not handed out twice at once...
+    assert r.take(10, 0) == []
+    r.release([taken.path])  # ...but not forgotten either
+    clock.now += 0.5
+    assert names(r.take(10, 0)) == ["cam.png"]
+    r.release([path], again=[path])  # not final (changed while read): a candidate again
+    clock.now += 0.5
+    assert names(r.take(10, 0)) == ["cam.png"]
+
+
+def test_the_archives_private_names_are_never_taken(tmp_path: Path) -> None:
+    r = Readiness(tmp_path, (".png",), (), settle_s=0.5, stale_s=10.0, clock=FakeClock())
+    assert not r.accepts(tmp_path / ".a.png.0123abcd.inspectd-taking")
+    assert r.accepts(tmp_path / "a.png")

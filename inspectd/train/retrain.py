@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from inspectd import activations, labels, logs
 from inspectd.config import Config, GateConfig, ModelConfig, RetrainConfig
 from inspectd.decode import DecodeLimits
-from inspectd.infer import Inferencer, ModelLoadError
-from inspectd.registry import ModelRegistry, Tiling, write_meta
+from inspectd.infer import Inferencer, ModelLoadError, max_inputs_for
+from inspectd.registry import ModelRegistry, RegistryError, Tiling, write_meta
 from inspectd.tiles import View, view_for
 from inspectd.train import report
 from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, score_frames, split
@@ -32,10 +32,13 @@ log = logs.get("inspectd.retrain")
 class Outcome:
     version: str
     run_dir: Path
-    promoted: bool
+    promoted: bool  # activated
     decision: str
     candidate: dict[str, Any]
     active: dict[str, Any] | None
+    # the gate passed (or --force) but the active model changed during the run, how (the version is
+    # installed, not activated: it was compared with a model that is no longer the active one)
+    superseded: str | None = None
 
 
 def gate(candidate: dict[str, Any], active: dict[str, Any] | None, rules: GateConfig) -> tuple[bool, str]:
@@ -94,6 +97,12 @@ def retrain(
     version = f"{now:%Y%m%d-%H%M%S}-{rc.backbone.replace('_', '-')}"
     run_dir = cfg.paths.runs / f"retrain-{version}"
     run_dir.mkdir(parents=True)
+    registry = ModelRegistry(cfg.paths.models)
+    registry.ensure_active()  # a fresh install compares with the bundled model
+    # what the candidate is compared with, and what must still be active when it is activated
+    baseline = activations.active(engine, cfg.station.name, registry)
+    active_version = activations.wanted(cfg.model, engine, cfg.station.name, registry).version
+    assert active_version is not None, "ensure_active leaves an active version"
 
     items = gather(engine, cfg, data)
     parts: Split = split(items, rc.holdout_fraction, rc.validation_fraction, rc.seed, rc.min_per_class)
@@ -138,19 +147,16 @@ def retrain(
         training,
         Tiling(tile=rc.tile, overlap=rc.tile_overlap) if rc.tile else None,
     )
-    registry = ModelRegistry(cfg.paths.models)
 
-    # the same holdout for both models, each through its own preprocessing size and threshold
-    candidate = Inferencer.load(candidate_dir)
+    # the same holdout for both models, each through its own preprocessing size and threshold; the
+    # candidate with every check the daemon runs on this station, since it may be activated below
+    candidate = Inferencer.load(candidate_dir, 0, max_inputs_for(meta, cfg.model, cfg.batch.max_size))
     cand_report = _evaluate_items(
         candidate, parts.holdout, limits, rc, run_dir / "holdout-candidate", cfg.model
     )
-    registry.ensure_active()  # a fresh install compares with the bundled model
-    active_version = activations.wanted(cfg.model, engine, cfg.station.name, registry).version
-    assert active_version is not None, "ensure_active leaves an active version"
     act_report: dict[str, Any] | None = None
     try:
-        active = Inferencer.load(registry.version_dir(active_version))
+        active = _load_registered(registry, active_version)
         act_report = _evaluate_items(active, parts.holdout, limits, rc, run_dir / "holdout-active", cfg.model)
     except ModelLoadError as exc:
         log.warning("active_model.unusable", version=active_version, error=str(exc))
@@ -168,13 +174,24 @@ def retrain(
     write_meta(candidate_dir, final_meta)
     registry.install(candidate_dir)
     promoted = passed or force
+    superseded: str | None = None
     if promoted:
         reason = "retrain --force" if force and not passed else "retrain"
-        registry.activate(version, reason=reason)
-        activations.record(engine, version, None, reason)
+        with registry.lock():  # promote and rollback wait: nothing changes between the check and the switch
+            superseded = activations.active(engine, cfg.station.name, registry).changes_from(baseline)
+            if superseded is None:
+                registry.activate(version, reason=reason)
+                activations.record(engine, version, None, reason)
+        if superseded is not None:
+            promoted = False
+            decision += f"; not activated: the active model changed during the retrain ({superseded})"
+            log.warning(
+                "retrain.not_activated", version=version, compared_with=active_version, changed=superseded
+            )
     summary = {
         "version": version,
         "promoted": promoted,
+        "superseded": superseded,
         "forced": force and not passed,
         "decision": decision,
         "candidate": cand_report["metrics"],
@@ -190,7 +207,15 @@ def retrain(
         decision=decision,
         seconds=round(time.monotonic() - started, 1),
     )
-    return Outcome(version, run_dir, promoted, decision, cand_report, act_report)
+    return Outcome(version, run_dir, promoted, decision, cand_report, act_report, superseded)
+
+
+def _load_registered(registry: ModelRegistry, version: str) -> Inferencer:
+    """A registry version for evaluation (every core), its name and metadata checked; ModelLoadError."""
+    try:
+        return Inferencer.load(registry.version_dir(version), version=version)
+    except RegistryError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def evaluate_version(
@@ -202,7 +227,7 @@ def evaluate_version(
     version = version or activations.wanted(cfg.model, engine, cfg.station.name, registry).version
     if version is None:
         raise ModelLoadError("the registry has no active version; name one")
-    inferencer = Inferencer.load(registry.version_dir(version))
+    inferencer = _load_registered(registry, version)
     rc = cfg.retrain
     if data is not None:
         items = folder_examples(data, cfg.watch.extensions)

@@ -1,0 +1,15 @@
+"""The program's entry point: catch early signals (signals.py) before the heavy imports, then run."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if "run" in sys.argv[1:]:
+        from inspectd import signals
+
+        signals.catch_early()
+    from inspectd.cli import main as cli_main
+
+    cli_main()
