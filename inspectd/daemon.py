@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from watchdog.observers.api import BaseObserver
 
-from inspectd import __version__, activations, archive, batcher, db, logs, memory, signals
+from inspectd import __version__, activations, archive, batcher, db, logs, memory, retry, signals
 from inspectd.budget import MemoryBudget
 from inspectd.claims import ClaimBook
 from inspectd.config import EX_CONFIG, Config
@@ -32,10 +32,11 @@ from inspectd.intake import Intake, Prepared
 from inspectd.metrics import Metrics
 from inspectd.notify import Notifier
 from inspectd.persist import Store
-from inspectd.pipeline import CLAIM_UNAVAILABLE, Aborted, Destinations, Pipeline
+from inspectd.pipeline import CLAIM_UNAVAILABLE, Destinations, Pipeline
 from inspectd.readiness import Readiness
 from inspectd.records import Disposition, Outcome
 from inspectd.registry import ModelRegistry, RegistryError
+from inspectd.retry import Aborted
 from inspectd.watcher import start_observer
 
 log = logs.get("inspectd.daemon")
@@ -260,27 +261,26 @@ class Daemon:
         log.info("watch.restored", files=found)
 
     def _wait_for_schema(self, engine: Engine) -> None:
-        delay = self.config.database.retry_initial_s
-        while True:
-            try:
-                db.require_current_schema(engine)
-                self.health.database = True
-                self.metrics.db_up.set(1)
-                return
-            except db.SchemaMismatch as exc:
-                raise StartupError(str(exc), EX_CONFIG) from None
-            except SQLAlchemyError as exc:
-                self.metrics.db_up.set(0)
-                log.error(
-                    "startup.db_unavailable",
-                    error=db.brief(exc),
-                    retry_in_s=delay,
-                )
-                self.notifier.status("waiting for the database")
-            if self.should_exit:
-                raise StartupError("stopped while waiting for the database", 0)
-            time.sleep(delay)
-            delay = min(delay * 2, self.config.database.retry_max_s)
+        def failed(exc: SQLAlchemyError, retry_in_s: float) -> None:
+            self.metrics.db_up.set(0)
+            log.error("startup.db_unavailable", error=db.brief(exc), retry_in_s=round(retry_in_s, 2))
+            self.notifier.status("waiting for the database")
+
+        cfg = self.config.database
+        try:
+            retry.until_available(
+                lambda: db.require_current_schema(engine),
+                cfg.retry_initial_s,
+                cfg.retry_max_s,
+                failed,
+                lambda: self.should_exit,
+            )
+        except db.SchemaMismatch as exc:
+            raise StartupError(str(exc), EX_CONFIG) from None
+        except Aborted:
+            raise StartupError("stopped while waiting for the database", 0) from None
+        self.health.database = True
+        self.metrics.db_up.set(1)
 
     def _purge_stale_claims(self, claims: ClaimBook) -> None:
         try:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from inspectd import archive, db, logs
+from inspectd import archive, db, logs, retry
 from inspectd.budget import MemoryBudget
 from inspectd.decode import DecodeLimits, changed, decode_loaded
 from inspectd.infer import Inferencer
@@ -48,10 +48,6 @@ from inspectd.tiles import View, view_for
 log = logs.get("inspectd.pipeline")
 CLAIM_UNAVAILABLE = "claim_unavailable"
 _T = TypeVar("_T")
-
-
-class Aborted(Exception):
-    """The database stayed unreachable until shutdown: the batch's files stay in incoming, untouched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,33 +427,28 @@ class Pipeline:
     # --- database outages ----------------------------------------------------------------------------
 
     def _with_retry(self, operation: Callable[[], _T]) -> _T:
-        """Run a database operation until it succeeds, waiting out outages (with backoff); an error that
-        a retry cannot mend (a constraint, a value the database cannot store) raises PermanentError."""
-        delay = self.retry_initial_s
-        while True:
+        """Run a database operation, waiting out outages (retry.py); an error that a retry cannot mend
+        (a constraint, a value the database cannot store) raises PermanentError."""
+
+        def attempt() -> _T:
             try:
                 return operation()
             except SQLAlchemyError as exc:
-                if not db.transient(exc):
-                    raise PermanentError(exc) from exc
-                self.metrics.db_failures.inc()
-                self.metrics.db_up.set(0)
-                log.error(
-                    "db.unavailable",
-                    error=db.brief(exc),
-                    retry_in_s=round(delay, 2),
-                )
-                if self.should_abort():
-                    raise Aborted("database unreachable at shutdown") from exc
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline:
-                    if self.should_abort():
-                        raise Aborted("database unreachable at shutdown") from exc
-                    time.sleep(min(0.1, delay))
-                delay = min(delay * 2, self.retry_max_s)
-                self.metrics.db_retries.inc()
+                if db.transient(exc):
+                    raise
+                raise PermanentError(exc) from exc
             except (ValueError, TypeError) as exc:  # the driver refused a value (UnicodeEncodeError, ...)
                 raise PermanentError(exc) from exc
+
+        return retry.until_available(
+            attempt, self.retry_initial_s, self.retry_max_s, self._db_failed, self.should_abort
+        )
+
+    def _db_failed(self, exc: SQLAlchemyError, retry_in_s: float) -> None:
+        self.metrics.db_failures.inc()
+        self.metrics.db_retries.inc()
+        self.metrics.db_up.set(0)
+        log.error("db.unavailable", error=db.brief(exc), retry_in_s=round(retry_in_s, 2))
 
 
 class PermanentError(Exception):

@@ -393,8 +393,10 @@ def test_images_that_decode_huge_are_decoded_within_the_memory_budget(
         time.sleep(0.02)
     rows = upgraded.rows()
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
-    # unbounded, three workers held 1.54 GiB at once; the default budget (768 MiB) lets one in at a time
-    assert peak < 1000, f"peak RSS {peak:.0f} MiB"
+    # unbounded, three workers held them all at once (peak 2,043 MiB here); the default budget (768 MiB)
+    # lets one in at a time (peak 923 MiB: one frame, its gray copy, and the daemon's ~200 MiB)
+    print(f"peak RSS {peak:.0f} MiB")
+    assert peak < 1200, f"peak RSS {peak:.0f} MiB"
 
 
 # --- 7. a model that loads but cannot run every batch -------------------------------------------------
