@@ -1,7 +1,8 @@
 """Archive stage: after a batch is committed, each file moves to where its row says it went.
 
 Destinations are dated folders (``<root>/YYYY-MM-DD/<name>``), never overwritten: a name already taken
-gets the content hash (then a counter) inserted before its extension, and every derived name is cut to
+gets the content hash (then a random tag: one look, however often the same frame comes) inserted before
+its extension, and every derived name is cut to
 fit the filesystem's 255 bytes. Names that are not UTF-8 are stored with their odd bytes escaped
 (``bad\\xff.png``), so the row's ``stored_path`` names the archived file exactly.
 
@@ -22,8 +23,10 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,10 +36,6 @@ from inspectd.records import FileId
 NAME_MAX = 255
 STAGING_SUFFIX = ".inspectd-taking"
 LOCAL_QUARANTINE = ".quarantine"  # in incoming: what cannot be copied to another filesystem
-
-
-class Replaced(Exception):
-    """The name no longer holds the file that was read (a writer renamed another file over it)."""
 
 
 def safe_name(name: str) -> str:
@@ -63,11 +62,10 @@ def plan(root: Path, when: datetime, name: str, sha256: str, taken: set[Path]) -
     folder = root / when.strftime("%Y-%m-%d")
     stem, ext = _split(safe_name(name))
     dest = folder / fit(stem, ext)
-    n = 0
+    tag = f".{sha256[:12]}"
     while dest in taken or _occupied(dest):
-        n += 1
-        tag = f".{sha256[:12]}" if n == 1 else f".{sha256[:12]}.{n - 1}"
         dest = folder / fit(stem, tag + ext)
+        tag = f".{sha256[:12]}.{secrets.token_hex(3)}"  # taken again (the same frame, again and again)
     taken.add(dest)
     return dest
 
@@ -79,49 +77,93 @@ class Taken:
 
     dest: Path
     replaced: bool = False
+    copied: bool = False  # gone from incoming: written from the descriptor
 
 
-def take(src: Path, dest: Path, expected: FileId | None, fd: int | None) -> Taken:
-    """Move the file that was read from ``src`` to ``dest``, never overwriting; raises OSError when it
-    cannot (the file then stays in incoming, under its name).
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A file taken away from its name in incoming, before its row is committed: ``path`` is its private
+    name (None when the name was gone, or held another file: ``replaced``, put back at once)."""
 
-    ``expected``/``fd``: the identity and the open descriptor of the file that was read (None for things
-    that were never opened: links, folders). Without them the name is moved as it is.
-    """
-    staged = _stage(src)
+    src: Path
+    path: Path | None
+    replaced: bool = False
+    st: os.stat_result | None = None
+
+
+def stage(src: Path, expected: FileId | None, token: str) -> Staged:
+    """Rename ``src`` to this daemon's private name beside it (atomic: a writer renaming a new file over
+    the name, or opening it anew, no longer reaches this one), and check it is the inode that was read.
+    Raises OSError when it cannot (a read-only or append-only incoming)."""
     try:
-        st = staged.lstat()
-        if expected is not None and not expected.same_inode(st):
-            raise Replaced(str(src))
-        _place(staged, dest, st)
-    except Replaced:
-        _unstage(staged, src)
-        if fd is None:
-            raise FileNotFoundError(errno.ENOENT, "replaced before it could be moved", str(src)) from None
+        staged = _stage(src, token)
+    except FileNotFoundError:
+        return Staged(src, None)
+    st = staged.lstat()
+    if expected is not None and not expected.same_inode(st):
+        _unstage(staged, src)  # another file: back under its name, a new candidate
+        return Staged(src, None, replaced=True)
+    return Staged(src, staged, st=st)
+
+
+def unstage(staged: Staged) -> None:
+    """Give a staged file its name back (its row was not committed after all)."""
+    if staged.path is not None:
+        _unstage(staged.path, staged.src)
+
+
+def place(staged: Staged, dest: Path, fd: int | None, keep_bytes: bool = False) -> Taken:
+    """Put a staged file at ``dest``, never overwriting; raises OSError when it cannot (the file then goes
+    back under its name in incoming).
+
+    ``fd``: the open descriptor of the file that was read. A file replaced under its name is written from
+    it; so is, with ``keep_bytes`` (its row was just recorded), a file gone from incoming meanwhile
+    (deleted, or renamed to another name), so that its row never points at nothing.
+    """
+    if staged.path is None:
+        if fd is None or not (staged.replaced or keep_bytes):
+            raise FileNotFoundError(errno.ENOENT, "gone before it could be moved", str(staged.src))
         copy_from(fd, dest)
-        return Taken(dest, replaced=True)
+        return Taken(dest, replaced=staged.replaced, copied=not staged.replaced)
+    assert staged.st is not None
+    try:
+        _place(staged.path, dest, staged.st)
     except BaseException:
-        _unstage(staged, src)
+        _unstage(staged.path, staged.src)
         raise
     return Taken(dest)
 
 
-def _stage(src: Path) -> Path:
+def take(
+    src: Path,
+    dest: Path,
+    expected: FileId | None,
+    fd: int | None,
+    token: str = "0" * 8,
+    keep_bytes: bool = False,
+) -> Taken:
+    """``stage`` then ``place``: move the file that was read from ``src`` to ``dest``.
+
+    ``expected``/``fd``: the identity and the open descriptor of the file that was read (None for things
+    that were never opened: links, folders). Without them the name is moved as it is.
+    """
+    return place(stage(src, expected, token), dest, fd, keep_bytes)
+
+
+def _stage(src: Path, token: str) -> Path:
     # FileNotFoundError: the file is gone; EACCES/EROFS: incoming is read-only (nothing is copied then)
-    return src.rename(src.with_name(staging_name(src.name)))
+    return src.rename(src.with_name(staging_name(src.name, token)))
 
 
-def staging_name(name: str) -> str:
-    """``.<name>.<token>.inspectd-taking``: the token is this process's own, so two daemons on one shared
-    folder never rename onto each other's private name (a long name is replaced by its hash)."""
-    tail = f".{_TOKEN}{STAGING_SUFFIX}"
+def staging_name(name: str, token: str) -> str:
+    """``.<name>.<token>.inspectd-taking``: the token is this daemon's own (``token_for``), so two daemons
+    on one shared folder never rename onto each other's private name (a long name is replaced by its
+    hash)."""
+    tail = f".{token}{STAGING_SUFFIX}"
     if 1 + len(os.fsencode(name)) + len(tail) <= NAME_MAX:
         return f".{name}{tail}"
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
     return f".inspectd-long-{digest}{_split(safe_name(name))[1]}{tail}"
-
-
-_TOKEN = secrets.token_hex(4)
 
 
 def _unstage(staged: Path, src: Path) -> None:
@@ -144,19 +186,40 @@ def _unstage(staged: Path, src: Path) -> None:
         return
 
 
-def recover_staged(folder: Path) -> list[Path]:
-    """Start-up: files a crash left under a private name in incoming go back under a visible one. (On a
-    shared folder this may be another daemon's file in the middle of its move: the name put back is a
-    link to the same inode, which the next look finds already archived, and only unlinks.)"""
+_STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})" + re.escape(STAGING_SUFFIX) + "$", re.DOTALL)
+STALE_STAGED_S = 600.0  # another process's private name this old is a leftover of a crash
+
+
+def token_for(owner: str) -> str:
+    """The private names' token of one daemon (its station name): a restart finds its own names."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:8]
+
+
+def recover_staged(folder: Path, token: str, now: float | None = None) -> list[Path]:
+    """Start-up: files a crash left under a private name in incoming go back under a visible one.
+
+    Only this daemon's own names, and other daemons' names older than STALE_STAGED_S (on a shared
+    folder, a younger one may be another daemon's file in the middle of its move). A name that does not
+    parse exactly is left alone; an entry that cannot be restored is logged by the caller and skipped.
+    """
     restored: list[Path] = []
+    now = time.time() if now is None else now
     try:
-        entries = [e for e in os.scandir(folder) if e.name.endswith(STAGING_SUFFIX) and e.name[0] == "."]
-    except FileNotFoundError:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(STAGING_SUFFIX)]
+    except OSError:
         return restored
     for entry in entries:
-        # .<name>.<token>.inspectd-taking -> <name> (a long name: inspectd-long-<hash>.ext)
-        original = folder / entry.name[1 : -len(STAGING_SUFFIX)].rpartition(".")[0]
-        _unstage(Path(entry.path), original)
+        match = _STAGED.match(entry.name)
+        name = match["name"] if match else ""
+        if not match or name in (".", "..") or "/" in name:
+            continue
+        try:
+            if match["token"] != token and now - entry.stat(follow_symlinks=False).st_ctime < STALE_STAGED_S:
+                continue
+            original = folder / name  # a long name was replaced by inspectd-long-<hash>.ext
+            _unstage(Path(entry.path), original)
+        except OSError:
+            continue  # gone meanwhile (its owner finished), or not restorable now: the next start tries
         restored.append(original)
     return restored
 

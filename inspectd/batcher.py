@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 
-from inspectd.intake import Intake, Prepared
+from inspectd.intake import Intake, Prepared, model_input_bytes
 
+BATCH_BYTES_MAX = 128 << 20  # a batch of huge tiled frames closes once its tiles weigh this much
 BEHIND_WAIT_S = 0.1  # under a backlog, how long to wait for the next decoded file before closing anyway
 
 
@@ -23,8 +24,9 @@ def collect(intake: Intake, max_size: int, max_wait_s: float, timeout: float) ->
     if first is None:
         return []
     batch = [first]
+    inputs = model_input_bytes(first.item)
     deadline = first.item.source.ready_at + max_wait_s
-    while len(batch) < max_size:
+    while len(batch) < max_size and inputs < BATCH_BYTES_MAX:
         wait = deadline - time.monotonic()
         if wait <= 0 and intake.behind():
             wait = BEHIND_WAIT_S
@@ -32,4 +34,5 @@ def collect(intake: Intake, max_size: int, max_wait_s: float, timeout: float) ->
         if more is None:
             break
         batch.append(more)
+        inputs += model_input_bytes(more.item)
     return batch

@@ -19,32 +19,6 @@ from inspectd import __version__, logs
 from inspectd.config import EX_CONFIG, Config, ConfigError, RetrainConfig, load_config
 
 BACKBONES = typing.get_args(RetrainConfig.model_fields["backbone"].annotation)
-RESULT_FIELDS = (
-    "id",
-    "content_hash",
-    "original_name",
-    "stored_path",
-    "size_bytes",
-    "width",
-    "height",
-    "received_at",
-    "processed_at",
-    "latency_s",
-    "model_version",
-    "threshold",
-    "score",
-    "verdict",
-    "status",
-    "error_reason",
-    "station",
-    "label",
-    "labeled_by",
-    "labeled_at",
-    "box_x",
-    "box_y",
-    "box_w",
-    "box_h",
-)
 TABLE_FIELDS = (
     "id",
     "processed_at",
@@ -179,9 +153,10 @@ def results(
     from inspectd import db
     from inspectd.db import Result
 
+    fields = db.result_columns()
     cfg = obj.config()
     engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
-    query = select(*(getattr(Result, f) for f in RESULT_FIELDS)).order_by(Result.id.desc())
+    query = select(*(getattr(Result, f) for f in fields)).order_by(Result.id.desc())
     if since:
         query = query.where(Result.processed_at >= parse_since(since))
     if verdict:
@@ -193,16 +168,14 @@ def results(
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
-        rows = [
-            dict(zip(RESULT_FIELDS, (_plain(v) for v in row), strict=True)) for row in conn.execute(query)
-        ]
+        rows = [dict(zip(fields, (_plain(v) for v in row), strict=True)) for row in conn.execute(query)]
     rows.reverse()
     out = sys.stdout
     if fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(row) + "\n")
     elif fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS)
+        writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     else:

@@ -154,7 +154,8 @@ class Daemon:
         self.notifier.status("starting")
         for folder in (cfg.paths.incoming, cfg.paths.processed, cfg.paths.quarantine, cfg.paths.models):
             folder.mkdir(parents=True, exist_ok=True)
-        for restored in archive.recover_staged(cfg.paths.incoming):
+        token = archive.token_for(cfg.station.name)
+        for restored in archive.recover_staged(cfg.paths.incoming, token):
             log.warning("startup.restored", file=archive.safe_name(restored.name))
         install_pixel_limit(cfg.decode.max_pixels)
         memory.fix_mmap_threshold()
@@ -178,7 +179,7 @@ class Daemon:
             Store(self.engine, claims),
             inferencer,
             DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes),
-            Destinations(cfg.paths.processed, cfg.paths.quarantine, cfg.paths.incoming),
+            Destinations(cfg.paths.processed, cfg.paths.quarantine, cfg.paths.incoming, token),
             cfg.station.name,
             self.metrics,
             cfg.model.threshold,
@@ -404,11 +405,6 @@ class Daemon:
                 self._update_queue_gauges()
                 return True
             return all([self._finish([p]) for p in batch])
-        self.readiness.release(paths, again=[o.source.path for o in outcomes if o.look_again])
-        self._update_queue_gauges()
-        self.health.database = True  # the pipeline has already set inspectd_db_up
-        for outcome in outcomes:
-            self._record(outcome)
         held = [
             o.source.path
             for o in outcomes
@@ -416,9 +412,19 @@ class Daemon:
         ]
         if held:  # offered again by a rescan once the holder's lease could have run out
             self.readiness.rest(held, self.config.cluster.lease_s)
-        stuck = [o.source.path for o in outcomes if o.disposition in _STUCK and not o.look_again]
-        if stuck:  # tried again later, not on every rescan (a read-only incoming, a database refusal)
+        stuck = [
+            o.source.path
+            for o in outcomes
+            if not o.look_again
+            and (o.disposition in _STUCK or (o.disposition is Disposition.RECORDED and o.destination is None))
+        ]
+        if stuck:  # tried again later, not on every event or rescan (a read-only incoming, a refusal)
             self.readiness.rest(stuck, RETRY_FAILED_S)
+        self.readiness.release(paths, again=[o.source.path for o in outcomes if o.look_again])
+        self._update_queue_gauges()
+        self.health.database = True  # the pipeline has already set inspectd_db_up
+        for outcome in outcomes:
+            self._record(outcome)
         return True
 
     def _ping_database(self) -> None:

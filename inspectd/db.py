@@ -190,6 +190,11 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+def result_columns() -> tuple[str, ...]:
+    """Every column of ``results``, in table order: what ``inspectd results`` exports (never a hand copy)."""
+    return tuple(Result.__table__.columns.keys())
+
+
 def transient(exc: SQLAlchemyError) -> bool:
     """An error a retry can mend: the database unreachable, restarting, locked or out of connections.
     A constraint violation, a value the column cannot hold or a statement it cannot run is permanent."""

@@ -60,7 +60,13 @@ def decode(
     held = Reservation(budget)
     try:
         loaded = load(ready, limits, held)
-        return decode_loaded(loaded, limits, view, held) if isinstance(loaded, Loaded) else loaded
+        if not isinstance(loaded, Loaded):
+            return loaded
+        try:
+            return decode_loaded(loaded, limits, view, held)
+        except BaseException:  # the per-image boundary records it; the descriptor must not leak
+            loaded.source.close()
+            raise
     finally:
         held.release()
 
@@ -75,7 +81,7 @@ def decode_closed(
     return result
 
 
-def open_file(ready: ReadyFile, limits: DecodeLimits) -> ReadyFile | Rejected | Vanished:
+def open_file(ready: ReadyFile, limits: DecodeLimits) -> ReadyFile | Rejected | Vanished | Changed:
     """Open the file once (no links, no pipes or devices, nothing over the size limit): from here on it
     is this inode, whatever happens to the name."""
     path = ready.path
@@ -93,6 +99,8 @@ def open_file(ready: ReadyFile, limits: DecodeLimits) -> ReadyFile | Rejected | 
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # became a symlink after the lstat
             return Rejected(ready, identity_hash("symlink", path.name, st), 0, "symlink", _LINK)
+        if exc.errno in _TRANSIENT:  # out of descriptors or memory: not the file's fault, look again
+            return Changed(ready)
         return Rejected(
             ready,
             identity_hash("unreadable", path.name, st),
@@ -117,6 +125,7 @@ def open_file(ready: ReadyFile, limits: DecodeLimits) -> ReadyFile | Rejected | 
 
 
 _LINK = "symbolic links are not followed"
+_TRANSIENT = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR)
 
 
 def _not_a_regular_file(ready: ReadyFile, st: os.stat_result) -> Rejected | None:
@@ -142,6 +151,17 @@ def load(
     opened = open_file(ready, limits)
     if not isinstance(opened, ReadyFile):
         return opened
+    try:
+        return _load_opened(opened, limits, held, keep)
+    except BaseException:  # the per-image boundary records it; the descriptor must not leak
+        opened.close()
+        raise
+
+
+def _load_opened(
+    opened: ReadyFile, limits: DecodeLimits, held: Reservation, keep: bool
+) -> Loaded | Rejected | Changed:
+    ready = opened
     assert opened.opened is not None
     file_id = opened.opened.id
     try:
@@ -323,7 +343,11 @@ def decode_loaded(
     except ValueError as exc:
         return Rejected(ready, digest, size_bytes, "roi_outside_frame", str(exc), width, height)
     try:
+        inputs = len(boxes) * view.input_size[0] * view.input_size[1] * 4  # float32 tiles
+        held.ensure(held.bytes + inputs)
         tiles = cut(image, boxes, view.input_size)
+    except OverBudget as exc:
+        return Rejected(ready, digest, size_bytes, "too_large_to_decode", f"{len(boxes)} tiles: {exc}")
     except UnsupportedImage as exc:
         return Rejected(ready, digest, size_bytes, "unsupported_format", str(exc), width, height)
     return Decoded(ready, digest, size_bytes, width, height, tiles, tuple(boxes))

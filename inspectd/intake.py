@@ -17,7 +17,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -31,13 +32,14 @@ from inspectd.claims import ClaimBook, ClaimState
 from inspectd.decode import DecodeLimits, decode, decode_loaded, identity_hash, load
 from inspectd.metrics import Metrics
 from inspectd.readiness import Readiness
-from inspectd.records import Changed, Held, Loaded, ReadyFile, Rejected, Stage, Vanished
+from inspectd.records import Changed, Decoded, Held, Loaded, ReadyFile, Rejected, Stage, Vanished
 from inspectd.tiles import View
 
 log = logs.get("inspectd.intake")
 _T = TypeVar("_T")
 
 TAKE_TIMEOUT_S = 0.25  # how often an idle worker notices a stop
+QUEUED_BYTES_MAX = 256 << 20  # model inputs waiting for the batch stage (one file always fits)
 PUT_TIMEOUT_S = 0.25  # how often a worker blocked on a full queue notices an abandon
 
 
@@ -73,7 +75,9 @@ class Intake:
         self._stopping = threading.Event()
         self._abandoned = threading.Event()
         self._budget = budget or MemoryBudget(1 << 62)
-        self._busy: dict[str, float] = {}  # worker name -> when it took its current files
+        self._busy: dict[str, float] = {}  # worker name -> when it began reading or decoding a file
+        self._queued_bytes = 0  # model inputs (tiles) of the decoded files in the queue
+        self._queued_cond = threading.Condition()
         self._threads = [
             threading.Thread(target=self._work, name=f"decode-{i}", daemon=True) for i in range(workers)
         ]
@@ -87,9 +91,13 @@ class Intake:
     def get(self, timeout: float) -> Prepared | None:
         """The next decoded file, waiting up to ``timeout`` seconds (0: only if one is queued)."""
         try:
-            return self._out.get(timeout=timeout) if timeout > 0 else self._out.get_nowait()
+            prepared = self._out.get(timeout=timeout) if timeout > 0 else self._out.get_nowait()
         except queue.Empty:
             return None
+        with self._queued_cond:
+            self._queued_bytes -= model_input_bytes(prepared.item)
+            self._queued_cond.notify_all()
+        return prepared
 
     def behind(self) -> bool:
         """Files are ready that no worker has taken yet: decoding is the bottleneck right now."""
@@ -116,20 +124,27 @@ class Intake:
     # --- worker threads ------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        name = threading.current_thread().name
         while not self._stopping.is_set():
             files = self._readiness.take(self._group, TAKE_TIMEOUT_S)
             if not files:
                 continue
-            self._busy[name] = time.monotonic()
             try:
                 if not self._handle(files):
                     return
             except Exception:  # never lose a worker: what it held goes back to readiness
                 log.exception("decode.worker_error", files=len(files))
                 self._readiness.release([f.path for f in files], again=[f.path for f in files])
-            finally:
-                self._busy.pop(name, None)
+
+    @contextmanager
+    def _working(self) -> Iterator[None]:
+        """Time spent reading and decoding, which ``alive`` watches (not waiting for the queue: that is
+        the pipeline's backpressure, during a database outage as long as the outage)."""
+        name = threading.current_thread().name
+        self._busy[name] = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy.pop(name, None)
 
     def _handle(self, files: list[ReadyFile]) -> bool:
         """Decode the files a worker took and queue them; False when abandoned at shutdown."""
@@ -138,18 +153,20 @@ class Intake:
         if self._claims is None:
             for ready in files:
                 started = time.perf_counter()
-                done = guarded(ready, partial(decode, ready, self._limits, view, self._budget))
+                with self._working():
+                    done = guarded(ready, partial(decode, ready, self._limits, view, self._budget))
                 self._metrics.stage.labels("decode").observe(time.perf_counter() - started)
                 if not self._put(Prepared(done, view)):
                     return False
             return True
         started = time.perf_counter()
-        loaded = [guarded(ready, partial(load, ready, self._limits, keep=False)) for ready in files]
+        with self._working():
+            loaded = [guarded(ready, partial(load, ready, self._limits, keep=False)) for ready in files]
         read_s = (time.perf_counter() - started) / len(files)  # read + hash, per file
         for item in self._claim(loaded):
             if isinstance(item, Loaded):
                 started = time.perf_counter()
-                with self._budget.reservation() as held:
+                with self._working(), self._budget.reservation() as held:
                     done = guarded(item.source, partial(decode_loaded, item, self._limits, view, held))
                 self._metrics.stage.labels("decode").observe(read_s + time.perf_counter() - started)
             else:
@@ -168,6 +185,15 @@ class Intake:
         return all(now - since < stall_after_s for since in list(self._busy.values()))
 
     def _put(self, prepared: Prepared) -> bool:
+        """Queue a decoded file; waits while the queue is full, in files or in the bytes of the model
+        inputs it holds (a tiled frame can be thousands of tiles): backpressure, bounded memory."""
+        size = model_input_bytes(prepared.item)
+        with self._queued_cond:
+            while self._queued_bytes and self._queued_bytes + size > QUEUED_BYTES_MAX:
+                if self._abandoned.is_set():
+                    return False
+                self._queued_cond.wait(PUT_TIMEOUT_S)
+            self._queued_bytes += size
         while not self._abandoned.is_set():
             try:
                 self._out.put(prepared, timeout=PUT_TIMEOUT_S)
@@ -204,6 +230,11 @@ class Intake:
                 log.info("claim.taken_over", file=item.source.path.name, sha256=item.sha256)
             out.append(item)
         return out
+
+
+def model_input_bytes(item: Stage) -> int:
+    """What a decoded file's model inputs weigh (its tiles); nothing for the other outcomes."""
+    return int(item.tiles.nbytes) if isinstance(item, Decoded) else 0
 
 
 def guarded(ready: ReadyFile, step: Callable[[], _T]) -> _T | Rejected | Vanished:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from inspectd.claims import ClaimBook
@@ -60,6 +60,11 @@ class Store:
             if self.claims is not None:
                 self.claims.release(conn, release)
             return inserted
+
+    def set_stored_path(self, row_id: int, stored_path: str) -> None:
+        """Where a recorded file really went (its planned name was taken meanwhile)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Result).where(Result.id == row_id).values(stored_path=stored_path))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

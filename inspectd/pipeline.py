@@ -55,6 +55,7 @@ class Destinations:
     processed: Path
     quarantine: Path
     incoming: Path | None = None  # its own .quarantine takes what cannot cross filesystems
+    token: str = "0" * 8  # this daemon's private names in incoming (archive.token_for)
 
     def local_quarantine(self) -> Path | None:
         """Where a folder or special file is quarantined: ``quarantine`` when it is on incoming's
@@ -141,6 +142,7 @@ class Pipeline:
         decoded = [self._for_view(p, view) for p in batch]
         self.metrics.batch_size.observe(len(batch))
 
+        decoded = _one_name_per_file(decoded)
         items = [d for d in decoded if isinstance(d, Decoded | Rejected)]
         known = self._with_retry(lambda: self.store.known(i.sha256 for i in items))
         fresh: list[Decoded] = []
@@ -156,15 +158,28 @@ class Pipeline:
         if fresh:
             self.metrics.stage.labels("infer").observe(time.perf_counter() - started)
 
-        # a file written to since it was read is not final: no row for bytes that are no longer there
-        moved_on = {id(i) for i in items if i.source.opened is not None and changed(i.source)}
-        if moved_on:
-            items = [i for i in items if id(i) not in moved_on]
-            decoded = [Changed(i.source) if id(i) in moved_on else i for i in decoded]
+        # Each file is taken away from its name before its row is committed (archive.stage): from then
+        # on no writer reaching the name can change the bytes the row is about; and a file written to
+        # since it was read is not final: no row for bytes that are no longer there.
+        staged = {id(i): self._stage(i) for i in items}
+        try:
+            moved_on = {id(i) for i in items if i.source.opened is not None and changed(i.source)}
+            if moved_on:
+                for i in items:
+                    if id(i) in moved_on and (held := staged.pop(id(i))) is not None:
+                        archive.unstage(held)
+                items = [i for i in items if id(i) not in moved_on]
+                decoded = [Changed(i.source) if id(i) in moved_on else i for i in decoded]
 
-        plans = self._plan(items, scored, known)
-        started = time.perf_counter()
-        inserted, refused = self._persist(plans, [i.sha256 for i in items])
+            plans = self._plan(items, scored, known, staged)
+            started = time.perf_counter()
+            inserted, refused, moved = self._persist(plans, [i.sha256 for i in items])
+        except BaseException:  # not recorded: every file back under its name, untouched
+            for held in staged.values():
+                if held is not None:
+                    archive.unstage(held)
+            raise
+        plans = [replace(p, dest=moved[p.item.sha256]) if p.item.sha256 in moved else p for p in plans]
         committed = time.monotonic()
         self.metrics.stage.labels("persist").observe(time.perf_counter() - started)
         self.metrics.db_up.set(1)
@@ -188,7 +203,9 @@ class Pipeline:
             if isinstance(v, Vanished | Held | Changed)
         ]
         started = time.perf_counter()
-        outcomes += [self._archive(plan, inserted, refused, committed) for plan in plans]
+        outcomes += [
+            self._archive(plan, inserted, refused, committed, staged.get(id(plan.item))) for plan in plans
+        ]
         self.metrics.stage.labels("archive").observe(time.perf_counter() - started)
         return outcomes
 
@@ -237,7 +254,11 @@ class Pipeline:
     # --- planning ------------------------------------------------------------------------------------
 
     def _plan(
-        self, items: list[Decoded | Rejected], scored: dict[str, Scored], known: dict[str, KnownRow]
+        self,
+        items: list[Decoded | Rejected],
+        scored: dict[str, Scored],
+        known: dict[str, KnownRow],
+        staged: dict[int, archive.Staged | None],
     ) -> list[_Planned]:
         now = datetime.now(UTC)
         taken: set[Path] = set()
@@ -245,9 +266,11 @@ class Pipeline:
         claimed: set[str] = set()
         for item in items:
             path = item.source.path
+            held = staged.get(id(item))
+            here = held.path if held is not None and held.path is not None else path
             row_known = known.get(item.sha256)
             stored = Path(row_known.stored_path) if row_known is not None else None
-            if stored is not None and (not os.path.lexists(stored) or archive.same_file(path, stored)):
+            if stored is not None and (not os.path.lexists(stored) or archive.same_file(here, stored)):
                 # committed by an earlier run that stopped before (or halfway through) the move: finish it
                 plans.append(_Planned(item, None, None, stored, row_known))
                 continue
@@ -325,22 +348,29 @@ class Pipeline:
 
     # --- persist -------------------------------------------------------------------------------------
 
-    def _persist(self, plans: list[_Planned], hashes: list[str]) -> tuple[dict[str, int], set[str]]:
+    def _persist(
+        self, plans: list[_Planned], hashes: list[str]
+    ) -> tuple[dict[str, int], set[str], dict[str, Path]]:
         """Insert the batch's new rows in one transaction. When the database refuses the batch for good
         (not an outage: a value it cannot store), each row is tried alone, a refused row is replaced by
         an error row saying why, and a file whose error row is refused too is left unrecorded in
-        incoming (``refused``); the rest of the batch is recorded either way."""
+        incoming (``refused``); the rest of the batch is recorded either way. Also returns where the
+        files of the error rows go (quarantine)."""
         rows = [p.row for p in plans if p.row is not None]
         try:
-            return self._with_retry(lambda: self.store.insert(rows, hashes)), set()
+            return self._with_retry(lambda: self.store.insert(rows, hashes)), set(), {}
         except PermanentError as exc:
             log.error("db.batch_refused", rows=len(rows), error=db.brief(exc.cause))
         inserted: dict[str, int] = {}
         refused: set[str] = set()
+        moved: dict[str, Path] = {}
         for row in rows:
-            for attempt in (row, _refused_row(row)):
+            substitute = _refused_row(row, self.destinations.quarantine)
+            for attempt in (row, substitute):
                 try:
                     inserted.update(self._with_retry(partial(self.store.insert, [attempt])))
+                    if attempt is substitute:
+                        moved[row["content_hash"]] = Path(substitute["stored_path"])
                     break
                 except PermanentError as exc:
                     log.error(
@@ -352,7 +382,7 @@ class Pipeline:
             else:
                 refused.add(row["content_hash"])
         self._with_retry(partial(self.store.insert, [], hashes))  # the claims of the batch end here
-        return inserted, refused
+        return inserted, refused, moved
 
     def _reroute(self, plans: list[_Planned], inserted: dict[str, int], refused: set[str]) -> list[_Planned]:
         """A new row that another writer inserted first (between our look-up and our insert): the file
@@ -375,11 +405,18 @@ class Pipeline:
     # --- after commit --------------------------------------------------------------------------------
 
     def _archive(
-        self, plan: _Planned, inserted: dict[str, int], refused: set[str], committed: float
+        self,
+        plan: _Planned,
+        inserted: dict[str, int],
+        refused: set[str],
+        committed: float,
+        staged: archive.Staged | None,
     ) -> Outcome:
         item = plan.item
         name = archive.safe_name(item.source.path.name)
         if item.sha256 in refused and plan.row is not None:
+            if staged is not None:
+                archive.unstage(staged)
             return _outcome(item, Disposition.UNRECORDED, None, None, None, committed)
         if plan.row is not None and item.sha256 in inserted:
             disposition, row_id = Disposition.RECORDED, inserted.get(item.sha256)
@@ -388,18 +425,34 @@ class Pipeline:
         else:  # a known hash, or a row another writer inserted between our lookup and our insert
             disposition, row_id = Disposition.DUPLICATE, plan.known.id if plan.known else None
         dest: Path | None = plan.dest
-        opened = item.source.opened
         look_again = False
         try:
-            taken = archive.take(
-                item.source.path,
-                plan.dest,
-                opened.id if opened is not None else None,
-                opened.fd if opened is not None else None,
-            )
+            try:
+                keep = disposition is Disposition.RECORDED
+                fd = item.source.opened.fd if item.source.opened is not None else None
+                taken = (
+                    archive.place(staged, plan.dest, fd, keep)
+                    if staged is not None
+                    else self._take(item, plan.dest, keep)
+                )
+            except FileExistsError:
+                if disposition is not Disposition.RECORDED or row_id is None:
+                    raise
+                # another daemon (a shared folder) took the planned name between the plan and the move:
+                # another name, and the row follows the file
+                dest = archive.plan(plan.dest.parent.parent, datetime.now(UTC), name, item.sha256, set())
+                taken = self._take(item, dest, keep_bytes=True)
+                try:
+                    self._with_retry(
+                        partial(self.store.set_stored_path, row_id, archive.safe_name(str(dest)))
+                    )
+                except PermanentError as exc:
+                    log.error("db.stored_path_refused", row_id=row_id, error=db.brief(exc.cause))
             look_again = taken.replaced
             if taken.replaced:
-                log.warning("archive.replaced_meanwhile", file=name, row_id=row_id, moved_to=str(plan.dest))
+                log.warning("archive.replaced_meanwhile", file=name, row_id=row_id, moved_to=str(dest))
+            if taken.copied:
+                log.warning("archive.gone_meanwhile", file=name, row_id=row_id, copied_to=str(dest))
         except FileNotFoundError:
             log.warning("archive.source_gone", file=name, row_id=row_id)
             dest = None
@@ -407,7 +460,7 @@ class Pipeline:
             log.error(
                 "archive.failed",
                 file=name,
-                dest=str(plan.dest),
+                dest=str(dest),
                 error=exc.strerror or str(exc),
                 row_id=row_id,
             )
@@ -423,6 +476,28 @@ class Pipeline:
                 log.warning("archive.note_failed", file=name, error=exc.strerror or str(exc))
         scored = plan.scored if disposition is Disposition.RECORDED else None
         return replace(_outcome(item, disposition, row_id, dest, scored, committed), look_again=look_again)
+
+    def _stage(self, item: Decoded | Rejected) -> archive.Staged | None:
+        """None when the file cannot be taken from incoming now (read-only): its move fails later."""
+        opened = item.source.opened
+        try:
+            return archive.stage(
+                item.source.path, opened.id if opened is not None else None, self.destinations.token
+            )
+        except OSError as exc:
+            log.debug("archive.stage_failed", file=archive.safe_name(item.source.path.name), error=str(exc))
+            return None
+
+    def _take(self, item: Decoded | Rejected, dest: Path, keep_bytes: bool) -> archive.Taken:
+        opened = item.source.opened
+        return archive.take(
+            item.source.path,
+            dest,
+            opened.id if opened is not None else None,
+            opened.fd if opened is not None else None,
+            self.destinations.token,
+            keep_bytes,
+        )
 
     # --- database outages ----------------------------------------------------------------------------
 
@@ -466,18 +541,48 @@ _DISPOSITION: dict[type, Disposition] = {
 }
 
 
+def _one_name_per_file(decoded: list[Stage]) -> list[Stage]:
+    """One file seen under two names in a batch (written as ``cap.png``, then renamed ``cap_final.png``)
+    is one file: the name it has now is kept, the other is a name it no longer has (vanished)."""
+    names: dict[tuple[int, int], list[int]] = {}
+    for n, item in enumerate(decoded):
+        opened = item.source.opened
+        if opened is not None and isinstance(item, Decoded | Rejected):
+            names.setdefault((opened.id.dev, opened.id.ino), []).append(n)
+    out = list(decoded)
+    for (dev, ino), where in names.items():
+        if len(where) < 2:
+            continue
+        current = [n for n in where if _names(out[n].source.path, dev, ino)] or where[-1:]
+        for n in where:
+            if n != current[0]:
+                out[n] = Vanished(out[n].source)
+    return out
+
+
+def _names(path: Path, dev: int, ino: int) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def _inference_failed(image: Decoded, detail: str) -> Rejected:
     return Rejected(
         image.source, image.sha256, image.size_bytes, "inference_failed", detail, image.width, image.height
     )
 
 
-def _refused_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The error row that replaces a row the database refused: nothing but what it can surely store."""
+def _refused_row(row: dict[str, Any], quarantine: Path) -> dict[str, Any]:
+    """The error row that replaces a row the database refused: nothing but what it can surely store,
+    the file quarantined under an ASCII name (the row's ``stored_path`` is where the file goes)."""
+    name = row["original_name"].encode("ascii", "backslashreplace").decode()
+    dest = archive.plan(quarantine, datetime.now(UTC), name, row["content_hash"], set())
     return {
         **row,
-        "original_name": row["original_name"].encode("ascii", "backslashreplace").decode(),
-        "stored_path": row["stored_path"].encode("ascii", "backslashreplace").decode(),
+        "original_name": name,
+        "stored_path": str(dest).encode("ascii", "backslashreplace").decode(),
         "status": Status.ERROR.value,
         "model_version": None,
         "threshold": None,

@@ -96,6 +96,8 @@ class Readiness:
             if path in self._claimed:
                 self._dirty[path] = True
                 return
+            if self._is_resting(path):
+                return
             self._pending.pop(path, None)
             self._make_ready(path)
 
@@ -109,6 +111,8 @@ class Readiness:
         with self._cond:
             if path in self._claimed:
                 self._dirty.setdefault(path, False)
+                return
+            if self._is_resting(path):
                 return
             candidate = self._pending.get(path)
             now = self._clock()
@@ -178,7 +182,9 @@ class Readiness:
             paths = list(paths)
             self._claimed.difference_update(paths)
             events = {p: self._dirty.pop(p) for p in paths if p in self._dirty}
-            for path in set(again) | set(events):
+            # a resting path (its move failed) is not looked at again because of events: the archive's
+            # own restore of it makes one
+            for path in (set(again) | set(events)) - set(self._resting):
                 if events.get(path) and path not in again:  # completed meanwhile: ready now
                     self._pending.pop(path, None)
                     self._make_ready(path)
@@ -207,6 +213,12 @@ class Readiness:
             self._cond.notify_all()
 
     # --- internals (lock held) -----------------------------------------------------------------------
+
+    def _is_resting(self, path: Path) -> bool:
+        """Held elsewhere, or its move failed: events do not bring it back before its time (the
+        archive's own restore of a file makes one); the first scan after that time does."""
+        until = self._resting.get(path)
+        return until is not None and until > self._clock()
 
     def _make_ready(self, path: Path) -> None:
         if path in self._claimed:

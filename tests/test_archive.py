@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,7 +47,9 @@ def test_taken_names_keep_their_extension_and_do_not_grow(tmp_path: Path) -> Non
         dest = archive.plan(root, WHEN, "ro.png", "ab" * 32, set())
         dest.write_bytes(b"x")
         names.append(dest.name)
-    assert names == ["ro.png", f"ro.{'ab' * 6}.png", f"ro.{'ab' * 6}.1.png", f"ro.{'ab' * 6}.2.png"]
+    assert names[:2] == ["ro.png", f"ro.{'ab' * 6}.png"]
+    assert all(re.fullmatch(f"ro[.]{'ab' * 6}[.][0-9a-f]{{6}}[.]png", n) for n in names[2:])
+    assert len(set(names)) == 4
 
 
 def test_long_and_non_utf8_names_fit_and_are_text(tmp_path: Path) -> None:
@@ -125,14 +129,21 @@ def test_across_filesystems_a_file_is_copied_once_and_a_folder_never(tmp_path: P
 def test_a_crash_while_staged_is_recovered_under_the_original_name(tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    (incoming / archive.staging_name("a.png")).write_bytes(b"a")
-    (incoming / archive.staging_name("b.png")).write_bytes(b"b-old")
+    mine, other = archive.token_for("station-1"), archive.token_for("station-2")
+    (incoming / archive.staging_name("a.png", mine)).write_bytes(b"a")
+    (incoming / archive.staging_name("b.png", mine)).write_bytes(b"b-old")
     (incoming / "b.png").write_bytes(b"b-new")  # the name was taken again meanwhile
-    restored = archive.recover_staged(incoming)
+    (incoming / archive.staging_name("c.png", other)).write_bytes(b"c")  # another daemon's, in flight
+    for stray in (".inspectd-taking", ".x.inspectd-taking", f"..{mine}.inspectd-taking"):
+        (incoming / stray).write_bytes(b"not ours")  # names that do not parse: left alone
+    restored = archive.recover_staged(incoming, mine)
     assert sorted(p.name for p in restored) == ["a.png", "b.png"]
     assert (incoming / "a.png").read_bytes() == b"a" and (incoming / "b.png").read_bytes() == b"b-new"
     assert (incoming / "b.restored-1.png").read_bytes() == b"b-old"
-    assert not [p for p in incoming.iterdir() if p.name.endswith(archive.STAGING_SUFFIX)]
+    assert not (incoming / "c.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["incoming"]  # nothing restored outside it
+    later = archive.recover_staged(incoming, mine, now=time.time() + archive.STALE_STAGED_S + 1)
+    assert [p.name for p in later] == ["c.png"]  # another daemon's, old: a leftover of its crash
 
 
 def test_a_source_that_is_gone_raises_and_creates_nothing(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import DaemonProcess, Workspace, metric, png_bytes, wait_until
 
@@ -217,6 +218,9 @@ def test_results_command(daemon: Start, upgraded: Workspace) -> None:
     objs = [json.loads(line) for line in lines]
     assert {o["original_name"] for o in objs} == {"r1.png", "r2.png"}
     assert all(len(o["content_hash"]) == 64 for o in objs)
+    assert set(objs[0]) == {
+        c["name"] for c in sa.inspect(sa.create_engine(upgraded.db_url)).get_columns("results")
+    }
     errors = upgraded.cli("results", "--status", "error", "--format", "csv").stdout.splitlines()
     assert errors[0].startswith("id,content_hash,") and len(errors) == 2 and "r2.png" in errors[1]
     assert upgraded.cli("results", "--since", "1h", "--format", "jsonl").stdout.count("\n") == 2

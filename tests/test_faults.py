@@ -82,7 +82,6 @@ def test_a_file_replaced_under_its_name_keeps_each_image_with_its_own_row(
     assert all(r["status"] == "ok" for r in rows)
     assert stored_hashes(rows) == {sha(h1): sha(h1), sha(h2): sha(h2)}
     assert len(upgraded.archived()) == 2
-    assert proc.events("archive.replaced_meanwhile")
 
 
 def test_a_file_rewritten_in_place_while_read_is_not_recorded_until_final(
@@ -356,6 +355,8 @@ def test_a_row_the_database_refuses_becomes_an_error_row_and_the_batch_goes_on(
     assert sorted(by_name) == ["ok-0.png", "ok-1.png", "ok-2.png", "ok-3.png", "refuse-1.png"]
     assert by_name["refuse-1.png"]["status"] == "error"
     assert by_name["refuse-1.png"]["error_reason"].startswith("persist_failed")
+    refused = Path(by_name["refuse-1.png"]["stored_path"])  # quarantined, where its row says
+    assert refused.read_bytes() == files["refuse-1.png"] and upgraded.quarantine in refused.parents
     assert all(by_name[f"ok-{i}.png"]["status"] == "ok" for i in range(4))
 
 
@@ -458,3 +459,98 @@ def test_a_pipe_named_like_an_image_never_blocks_a_decoder(daemon: Start, upgrad
     by_name = {r["original_name"]: r for r in rows}
     assert by_name["pipe.png"]["error_reason"].startswith("not_a_file")
     assert by_name["next.png"]["status"] == "ok"
+
+
+# --- found by the audit after the first round ---------------------------------------------------------
+
+
+def test_an_outage_longer_than_the_stall_window_keeps_the_watchdog_fed(
+    daemon: Start, upgraded: Workspace, tmp_path: Path
+) -> None:
+    """The decoders wait for the queue during an outage (backpressure): that is not a stall."""
+    import socket
+
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.setblocking(False)
+
+    def pings() -> int:
+        count = 0
+        while True:
+            try:
+                count += sock.recv(4096) == b"WATCHDOG=1"
+            except BlockingIOError:
+                return count
+
+    upgraded.write_config(
+        systemd={"stall_after_s": 1.0},
+        database={"busy_timeout_s": 0.1, "retry_initial_s": 0.2, "retry_max_s": 0.4},
+    )
+    try:
+        proc = daemon(env={"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "200000"})
+        lock = sqlite3.connect(upgraded.db_url.removeprefix("sqlite:///"), isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            for i in range(80):  # more than the decoded queue holds: the workers block on it
+                upgraded.drop(f"o-{i:03d}.png", png_bytes(300 + i))
+            wait_until(lambda: proc.events("db.unavailable"), 10, "the outage noticed")
+            pings()
+            time.sleep(4.0)  # four stall windows
+            assert pings() >= 10 and not proc.events("pipeline.stalled")
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        proc.wait_rows(80, timeout=60)
+    finally:
+        sock.close()
+
+
+def test_a_file_renamed_right_after_it_was_written_keeps_its_bytes_with_its_row(
+    daemon: Start, upgraded: Workspace
+) -> None:
+    """``cap.png`` closed (ready at once), then renamed ``cap_final.png`` within milliseconds: one file,
+    one row, and the row's stored file holds its bytes."""
+    proc = daemon()
+    images = [png_bytes(400 + i) for i in range(10)]
+    sources = [_frame_file(upgraded.root, 100 + i, d) for i, d in enumerate(images)]
+    writer = run_writer(
+        """
+        import os, sys, time
+        folder, sources = sys.argv[1], sys.argv[2:]
+        for i, source in enumerate(sources):
+            with open(f"{folder}/cap{i}.png", "wb") as fh:
+                fh.write(open(source, "rb").read())
+            time.sleep(0.005)
+            os.rename(f"{folder}/cap{i}.png", f"{folder}/cap{i}_final.png")
+        """,
+        str(upgraded.incoming),
+        *map(str, sources),
+    )
+    assert writer.wait(30) == 0
+    rows = proc.wait_rows(10)
+    wait_until(lambda: not upgraded.waiting(), 20, "incoming empty")
+    assert sorted(r["content_hash"] for r in rows) == sorted(sha(d) for d in images)
+    assert stored_hashes(rows) == {sha(d): sha(d) for d in images}
+
+
+def test_a_failed_move_is_retried_later_not_on_its_own_restore(daemon: Start, upgraded: Workspace) -> None:
+    """The processed folder unusable: each file is tried once, then rested (not read again and again)."""
+    from datetime import UTC, datetime
+
+    upgraded.processed.mkdir(parents=True, exist_ok=True)
+    day = upgraded.processed / datetime.now(UTC).strftime("%Y-%m-%d")
+    day.write_text("a file where the day's folder should be")
+    upgraded.write_config(watch={"settle_s": 0.2, "rescan_interval_s": 0.5})
+    proc = DaemonProcess(upgraded)
+    try:
+        proc.wait_ready()
+        for i in range(2):
+            upgraded.drop(f"stuck-{i}.png", png_bytes(500 + i))
+        proc.wait_rows(2)
+        time.sleep(3.0)
+        failed = proc.events("archive.failed")
+        assert len(failed) == 2, [e["file"] for e in failed]  # once each, not every settle time
+        assert sorted(p.name for p in upgraded.waiting()) == ["stuck-0.png", "stuck-1.png"]
+    finally:
+        proc.kill()

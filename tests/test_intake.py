@@ -167,3 +167,26 @@ def test_the_memory_budget_lets_one_huge_decode_in_at_a_time() -> None:
     assert order == ["first done", "second"] and budget.used == 0
     with budget.reservation() as held, pytest.raises(OverBudget):
         held.ensure(101)
+
+
+def test_a_bug_after_the_open_does_not_leak_the_files_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = decode_module.cut  # type: ignore[attr-defined]
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise KeyError("fault injection: a bug while cutting tiles")
+
+    monkeypatch.setattr(decode_module, "cut", broken)
+    readiness, intake = make(tmp_path / "in", workers=1)
+    (tmp_path / "in").mkdir()
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    drop(tmp_path / "in", readiness, 5)
+    intake.start()
+    got = wait_until(lambda: (d := drain(intake)) and len(d) >= 5 and d, 10, "five files")
+    intake.stop()
+    assert all(isinstance(p.item, Rejected) and p.item.reason == "internal_error" for p in got)
+    for p in got:
+        p.item.source.close()
+    assert len(list(Path("/proc/self/fd").iterdir())) <= before
+    monkeypatch.setattr(decode_module, "cut", real)
