@@ -187,7 +187,6 @@ def _unstage(staged: Path, src: Path) -> None:
 
 
 _STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})" + re.escape(STAGING_SUFFIX) + "$", re.DOTALL)
-STALE_STAGED_S = 600.0  # another process's private name this old is a leftover of a crash
 
 
 def token_for(owner: str) -> str:
@@ -195,12 +194,13 @@ def token_for(owner: str) -> str:
     return hashlib.sha256(owner.encode()).hexdigest()[:8]
 
 
-def recover_staged(folder: Path, token: str, now: float | None = None) -> list[Path]:
-    """Start-up: files a crash left under a private name in incoming go back under a visible one.
-
-    Only this daemon's own names, and other daemons' names older than STALE_STAGED_S (on a shared
-    folder, a younger one may be another daemon's file in the middle of its move). A name that does not
-    parse exactly is left alone; an entry that cannot be restored is logged by the caller and skipped.
+def recover_staged(
+    folder: Path, token: str, stale_after_s: float, own: bool = True, now: float | None = None
+) -> list[Path]:
+    """Files left under a private name in incoming go back under a visible one: this daemon's own at its
+    start (``own``: a crash left them), and other daemons' once staged longer than ``stale_after_s``
+    (a shared folder's lease: that daemon crashed; the rename that staged a file set its ctime). A name
+    that does not parse exactly is left alone; an entry that cannot be restored now is skipped.
     """
     restored: list[Path] = []
     now = time.time() if now is None else now
@@ -214,7 +214,10 @@ def recover_staged(folder: Path, token: str, now: float | None = None) -> list[P
         if not match or name in (".", "..") or "/" in name:
             continue
         try:
-            if match["token"] != token and now - entry.stat(follow_symlinks=False).st_ctime < STALE_STAGED_S:
+            if match["token"] == token:
+                if not own:
+                    continue
+            elif now - entry.stat(follow_symlinks=False).st_ctime < stale_after_s:
                 continue
             original = folder / name  # a long name was replaced by inspectd-long-<hash>.ext
             _unstage(Path(entry.path), original)

@@ -48,7 +48,7 @@ DB_PING_S = 5.0
 PURGE_CLAIMS_S = 300.0
 TRIM_AFTER_IDLE_S = 1.0
 WATCH_CHECK_S = 1.0
-RETRY_FAILED_S = 60.0  # a file whose move or row failed is looked at again after this long
+RETRY_FAILED_S = 60.0  # a file that broke a batch (not one of its own errors) is tried again after this
 _STUCK = (Disposition.DEFERRED, Disposition.UNRECORDED)
 
 
@@ -155,7 +155,7 @@ class Daemon:
         for folder in (cfg.paths.incoming, cfg.paths.processed, cfg.paths.quarantine, cfg.paths.models):
             folder.mkdir(parents=True, exist_ok=True)
         token = archive.token_for(cfg.station.name)
-        for restored in archive.recover_staged(cfg.paths.incoming, token):
+        for restored in archive.recover_staged(cfg.paths.incoming, token, cfg.cluster.lease_s):
             log.warning("startup.restored", file=archive.safe_name(restored.name))
         install_pixel_limit(cfg.decode.max_pixels)
         memory.fix_mmap_threshold()
@@ -349,6 +349,11 @@ class Daemon:
                 self.health.decoders = self.intake.alive(cfg.systemd.stall_after_s)
                 next_watch = now + WATCH_CHECK_S
             if now >= next_rescan:
+                if cfg.cluster.shared_incoming:  # files a crashed worker had taken, once its lease is over
+                    for restored in archive.recover_staged(
+                        cfg.paths.incoming, self.pipeline.destinations.token, cfg.cluster.lease_s, own=False
+                    ):
+                        log.warning("rescan.restored", file=archive.safe_name(restored.name))
                 found = self.readiness.scan()
                 self.metrics.incoming.set(self.readiness.last_scan_total)
                 if found:
@@ -418,8 +423,8 @@ class Daemon:
             if not o.look_again
             and (o.disposition in _STUCK or (o.disposition is Disposition.RECORDED and o.destination is None))
         ]
-        if stuck:  # tried again later, not on every event or rescan (a read-only incoming, a refusal)
-            self.readiness.rest(stuck, RETRY_FAILED_S)
+        if stuck:  # tried again at the next rescan, not on every event (its own restore makes one)
+            self.readiness.rest(stuck, 0.9 * self.config.watch.rescan_interval_s)
         self.readiness.release(paths, again=[o.source.path for o in outcomes if o.look_again])
         self._update_queue_gauges()
         self.health.database = True  # the pipeline has already set inspectd_db_up

@@ -136,13 +136,13 @@ def test_a_crash_while_staged_is_recovered_under_the_original_name(tmp_path: Pat
     (incoming / archive.staging_name("c.png", other)).write_bytes(b"c")  # another daemon's, in flight
     for stray in (".inspectd-taking", ".x.inspectd-taking", f"..{mine}.inspectd-taking"):
         (incoming / stray).write_bytes(b"not ours")  # names that do not parse: left alone
-    restored = archive.recover_staged(incoming, mine)
+    restored = archive.recover_staged(incoming, mine, 60.0)
     assert sorted(p.name for p in restored) == ["a.png", "b.png"]
     assert (incoming / "a.png").read_bytes() == b"a" and (incoming / "b.png").read_bytes() == b"b-new"
     assert (incoming / "b.restored-1.png").read_bytes() == b"b-old"
     assert not (incoming / "c.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["incoming"]  # nothing restored outside it
-    later = archive.recover_staged(incoming, mine, now=time.time() + archive.STALE_STAGED_S + 1)
+    later = archive.recover_staged(incoming, mine, 60.0, own=False, now=time.time() + 61)
     assert [p.name for p in later] == ["c.png"]  # another daemon's, old: a leftover of its crash
 
 

@@ -535,13 +535,14 @@ def test_a_file_renamed_right_after_it_was_written_keeps_its_bytes_with_its_row(
 
 
 def test_a_failed_move_is_retried_later_not_on_its_own_restore(daemon: Start, upgraded: Workspace) -> None:
-    """The processed folder unusable: each file is tried once, then rested (not read again and again)."""
+    """The day's folder unusable: each file is tried again at the next rescan, not every settle time
+    because of the event its own restore to incoming makes."""
     from datetime import UTC, datetime
 
     upgraded.processed.mkdir(parents=True, exist_ok=True)
     day = upgraded.processed / datetime.now(UTC).strftime("%Y-%m-%d")
     day.write_text("a file where the day's folder should be")
-    upgraded.write_config(watch={"settle_s": 0.2, "rescan_interval_s": 0.5})
+    upgraded.write_config(watch={"settle_s": 0.2, "rescan_interval_s": 30.0})  # only events could retry
     proc = DaemonProcess(upgraded)
     try:
         proc.wait_ready()
