@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus
+# make bench-quality's real material: font glyphs and photographs (benchmarks/quality_data.py)
+QUALITY_APT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-urw-base35 fonts-liberation \
+  fonts-freefont-ttf fonts-noto-core fonts-texgyre fonts-croscore fonts-crosextra-carlito fonts-cantarell \
+  fonts-roboto-unhinted fonts-symbola fonts-stix mate-backgrounds
 
-.PHONY: run test lint typecheck unit bench bench-scaleout bench-recipes bench-small bundled-model clean system-deps
+.PHONY: run test lint typecheck unit bench bench-scaleout bench-recipes bench-quality bench-small soak bundled-model clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +58,21 @@ bench-small: $(VENV)/.dev
 
 bench-recipes: $(VENV)/.dev
 	$(BIN)/python benchmarks/retrain_recipes.py $(BENCH_ARGS)
+
+# Not in CI: 30 minutes of real writers and kill -9s against one daemon, exact accounting at the end
+# (benchmarks/soak.py). SOAK_ARGS="--minutes 2 --kill-every 40" for a quick one; bench-results/soak.json.
+soak: $(VENV)/.dev
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
+
+# Model quality on real material (fonts and photographs from QUALITY_APT_PACKAGES, installed as
+# system-deps installs its own): python -m benchmarks.quality [--small]
+bench-quality: $(VENV)/.dev
+	@missing=""; for p in $(QUALITY_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(BIN)/python -m benchmarks.quality $(BENCH_ARGS)
 
 bundled-model: $(VENV)/.dev
 	$(BIN)/python tools/make_bundled_model.py inspectd/bundled_model --force
