@@ -74,16 +74,34 @@ HANDLED = [
 ]
 
 
-def start_observer(readiness: Readiness, kind: str, poll_interval_s: float) -> BaseObserver:
-    observer: BaseObserver
-    if kind == "polling":
-        observer = PollingObserver(timeout=poll_interval_s)
-    else:
-        # full events: a file renamed in from another folder arrives as a move with an empty source,
-        # complete at once, instead of as a bare create that must wait out the settle time
-        from watchdog.observers.inotify import InotifyObserver  # Linux only
+def _arrivals_observer() -> BaseObserver:
+    """inotify without IN_MOVED_FROM: every rename into the folder (from within it or from elsewhere)
+    arrives as a move with an empty source, complete at once, and no rename holds the event queue.
 
-        observer = InotifyObserver(generate_full_events=True)
+    watchdog keeps each IN_MOVED_FROM at the head of its queue for up to 0.5 s to pair it with its
+    IN_MOVED_TO, and its reader sleeps out that time even when the partner arrives a microsecond later: at
+    125 images/s, with the archive renaming each file to its private name, p95 latency went from 23 to
+    230 ms. A rename out of the folder is never needed (readiness drops a vanished name at its next look).
+    """
+    from watchdog.observers.api import BaseObserver as _Base
+    from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver  # Linux only
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
+
+    class ArrivalsEmitter(InotifyFullEmitter):
+        def get_event_mask_from_filter(self) -> int:  # type: ignore[override]
+            return int(super().get_event_mask_from_filter()) & ~int(InotifyConstants.IN_MOVED_FROM)
+
+    class ArrivalsObserver(InotifyObserver):
+        def __init__(self) -> None:
+            self._inotify_fd = InotifyFD()
+            self._inotify_fd.start()
+            _Base.__init__(self, ArrivalsEmitter, inotify_fd=self._inotify_fd)
+
+    return ArrivalsObserver()
+
+
+def start_observer(readiness: Readiness, kind: str, poll_interval_s: float) -> BaseObserver:
+    observer = PollingObserver(timeout=poll_interval_s) if kind == "polling" else _arrivals_observer()
     observer.schedule(
         _Handler(readiness, close_events=kind != "polling"),
         str(readiness.folder),
