@@ -18,9 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from inspectd.preprocess import preprocess, to_gray
+from inspectd.records import Box  # one definition: x, y, w, h in frame pixels
 from inspectd.registry import ModelMeta
-
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
