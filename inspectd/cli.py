@@ -469,13 +469,22 @@ def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> Non
     help="override retrain.backbone",
 )
 @click.option(
-    "--input-size", type=click.IntRange(min=32, max=512), default=None, help="override retrain.input_size"
+    "--input-size",
+    type=click.IntRange(min=0, max=512),
+    default=None,
+    help="override retrain.input_size (0: chosen from the images)",
 )
 @click.option(
     "--quantize",
     type=click.Choice(["none", "dynamic", "int8"]),
     default=None,
     help="override retrain.quantize",
+)
+@click.option(
+    "--head",
+    type=click.Choice(["global", "mil"]),
+    default=None,
+    help="override retrain.head (mil: score every place of the frame, the frame's score the best place's)",
 )
 @click.option("--force", is_flag=True, help="activate the new version even if the gate refuses it")
 @click.pass_obj
@@ -486,6 +495,7 @@ def retrain(
     backbone: str | None,
     input_size: int | None,
     quantize: str | None,
+    head: str | None,
     force: bool,
 ) -> None:
     """Train a new model version from the labeled images; promote it only if it is no worse."""
@@ -494,6 +504,8 @@ def retrain(
     from inspectd.train.dataset import NotEnoughLabels
     from inspectd.train.retrain import retrain as run_retrain
 
+    if input_size is not None and 0 < input_size < 32:
+        raise click.BadParameter("0 (chosen from the images) or 32 to 512", param_hint="--input-size")
     cfg = obj.config()
     try:
         outcome = run_retrain(
@@ -501,7 +513,13 @@ def retrain(
             _engine(obj),
             data,
             force,
-            {"epochs": epochs, "backbone": backbone, "input_size": input_size, "quantize": quantize},
+            {
+                "epochs": epochs,
+                "backbone": backbone,
+                "input_size": input_size,
+                "quantize": quantize,
+                "head": head,
+            },
         )
     except NotEnoughLabels as exc:
         click.echo(f"inspectd retrain: {exc}", err=True)

@@ -223,7 +223,13 @@ class RetrainConfig(_Section):
     weights: dict[
         str, Path
     ] = {}  # backbone -> local ImageNet weights file (.weights.h5), for offline machines
-    input_size: int = Field(default=128, ge=32, le=512)
+    # network input, pixels per side; 0: chosen from the labeled images (their median side, at most
+    # AUTO_INPUT_MAX: frames that small are seen at their own resolution, larger ones resized to it)
+    input_size: int = Field(default=128, ge=0, le=512)
+    # "global": features pooled over the frame, then one dense logit; "mil": a fully-convolutional network
+    # scoring every place of the frame, the frame's logit the highest place's (multiple-instance learning
+    # from image-level labels: no boxes needed; see inspectd/train/model.py)
+    head: Literal["global", "mil"] = "global"
     # Tiled training: tiles of this many frame pixels (resized to input_size), the daemon cutting frames
     # the same way for this version; None trains on whole frames (or the ROI) resized to input_size.
     tile: int | None = Field(default=None, ge=8)
@@ -247,6 +253,13 @@ class RetrainConfig(_Section):
     quantize: Literal["none", "dynamic", "int8"] = "int8"
     augment: AugmentConfig = AugmentConfig()
     gate: GateConfig = GateConfig()
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, value: int) -> int:
+        if 0 < value < 32:
+            raise ValueError("must be 0 (chosen from the images) or at least 32")
+        return value
 
 
 class LogConfig(_Section):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,12 @@ def _fit(
     learning_rate: float,
     epochs: int,
     initial_epoch: int,
+    augmented: bool = True,
 ) -> int:
+    """``augmented``: through the [retrain.augment] pipeline (images; not cached feature maps)."""
     tf = tensorflow()
     k = keras()
-    aug = augment.pipeline(rc.augment, rc.seed)
+    aug = augment.pipeline(rc.augment, rc.seed) if augmented else None
     train = (
         tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
         .shuffle(len(x), seed=rc.seed, reshuffle_each_iteration=True)
@@ -143,8 +146,25 @@ def train_arrays(
     if model is not None:
         built = Built(model, None, "continued")
     else:
-        built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone))
-    epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
+        built = build(rc.backbone, rc.input_size, rc.pretrained, rc.weights.get(rc.backbone), rc.head)
+    if built.head is not None and built.preprocess is not None:
+        # the base is frozen in phase one: its feature maps are computed once (the training images and
+        # their mirror images, the lossless part of the augmentation) and the MIL head trains on them
+        started = time.monotonic()
+        copies = MIRRORS if rc.augment.flip else MIRRORS[:1]
+        f = np.concatenate([feature_maps(built.preprocess, mirror(x)) for mirror in copies])
+        fy = np.tile(y, len(copies))
+        fv = feature_maps(built.preprocess, xv)
+        log.info(
+            "features.ready",
+            maps=len(f),
+            shape=list(f.shape[1:]),
+            seconds=round(time.monotonic() - started, 1),
+        )
+        epochs_run = _fit(built.head, rc, f, fy, fv, yv, run_dir, rc.learning_rate, rc.epochs, 0, False)
+        del f, fv
+    else:
+        epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
     if built.base is not None and rc.fine_tune_epochs:
         trainable = unfreeze_top(built.base, rc.fine_tune_layers)
         log.info("fine_tune.start", trainable_layers=trainable)
@@ -170,6 +190,23 @@ def train_arrays(
         xv[:8],
         lambda logits: (logits(xv), yv),
     )
+
+
+Mirror = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+MIRRORS: tuple[Mirror, ...] = (
+    lambda a: a,
+    lambda a: np.ascontiguousarray(a[:, :, ::-1]),
+    lambda a: np.ascontiguousarray(a[:, ::-1]),
+    lambda a: np.ascontiguousarray(a[:, ::-1, ::-1]),
+)
+
+
+def feature_maps(extractor: Any, x: npt.NDArray[np.float32], batch: int = 32) -> npt.NDArray[np.float32]:
+    """A frozen extractor's outputs for ``x``, a batch at a time (inference mode)."""
+    tf = tensorflow()
+    run = tf.function(lambda a: extractor(a, training=False), reduce_retracing=True)
+    parts = [np.asarray(run(x[i : i + batch]), np.float32) for i in range(0, len(x), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, *extractor.output.shape[1:]), np.float32)
 
 
 def keras_logits(model: Any) -> LogitFn:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 
 from inspectd import activations, labels, logs
@@ -17,7 +18,7 @@ from inspectd.config import Config, GateConfig, ModelConfig, RetrainConfig
 from inspectd.decode import DecodeLimits
 from inspectd.infer import Inferencer, ModelLoadError, max_inputs_for
 from inspectd.registry import ModelRegistry, RegistryError, Tiling, write_meta
-from inspectd.tiles import View, view_for
+from inspectd.tiles import View, region, view_for
 from inspectd.train import report
 from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, score_frames, split
 from inspectd.train.export import Converted, convert, export_version
@@ -72,6 +73,36 @@ def gather(engine: Engine, cfg: Config, data: Path | None) -> list[labels.Labele
     return list(items.values())
 
 
+AUTO_INPUT_MAX = 256  # retrain.input_size = 0: at most this many pixels per side
+
+
+def auto_input_size(
+    items: list[labels.Labeled], tile: int | None, roi: tuple[float, float, float, float] | None
+) -> int:
+    """``retrain.input_size = 0``: the input that keeps the symbol's pixels where the cost allows. Tiles
+    are seen at their own resolution (up to AUTO_INPUT_MAX); whole frames (or the ROI) at the median
+    longer side of the labeled images, rounded up to a multiple of 16 (the MIL network's stride), at
+    most AUTO_INPUT_MAX: a 256 px frame is not resized at all."""
+    from PIL import Image
+
+    if tile is not None:
+        side = tile
+    else:
+        sides = []
+        for item in items[:200]:  # the headers only
+            try:
+                with Image.open(item.path) as image:
+                    width, height = image.size
+            except (OSError, ValueError):
+                continue
+            if roi is not None:
+                box = region(roi, width, height)
+                width, height = box[2], box[3]
+            sides.append(max(width, height))
+        side = int(np.median(sides)) if sides else AUTO_INPUT_MAX
+    return int(min(AUTO_INPUT_MAX, max(32, -(-side // 16) * 16)))
+
+
 def calibrate_converted(
     trained: Trained, rc: RetrainConfig, size: tuple[int, int]
 ) -> tuple[Converted, tuple[float, float], float]:
@@ -106,6 +137,9 @@ def retrain(
 
     items = gather(engine, cfg, data)
     parts: Split = split(items, rc.holdout_fraction, rc.validation_fraction, rc.seed, rc.min_per_class)
+    if rc.input_size == 0:
+        rc = rc.model_copy(update={"input_size": auto_input_size(parts.train, rc.tile, cfg.model.roi)})
+        log.info("input_size.chosen", input_size=rc.input_size, max=AUTO_INPUT_MAX)
     size = (rc.input_size, rc.input_size)
     limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
     log.info(
