@@ -224,32 +224,30 @@ class Pipeline:
         as its own error and the others still get their verdicts. A score that is not a number is an
         inference failure of that image, never a row."""
         try:
-            batch = self.inferencer.classify(fresh, self.threshold, self.tile_reduce)
+            results: list[Scored | Rejected] = list(
+                self.inferencer.classify(fresh, self.threshold, self.tile_reduce)
+            )
         except (RuntimeError, ValueError) as exc:
             log.error("infer.batch_failed", images=len(fresh), error=str(exc))
-        else:
-            good = {s.image.sha256: s for s in batch if np.isfinite(s.score)}
-            bad = {
-                s.image.sha256: _inference_failed(s.image, f"the model gave a non-finite score ({s.score})")
-                for s in batch
-                if not np.isfinite(s.score)
-            }
-            return good, bad
+            results = [self._classify_one(image) for image in fresh]
         scored: dict[str, Scored] = {}
         failed: dict[str, Rejected] = {}
-        for image in fresh:
-            try:
-                one = self.inferencer.classify([image], self.threshold, self.tile_reduce)[0]
-            except (RuntimeError, ValueError) as exc:
-                failed[image.sha256] = _inference_failed(image, str(exc))
-                continue
-            if np.isfinite(one.score):
-                scored[image.sha256] = one
+        for result in results:
+            if isinstance(result, Rejected):
+                failed[result.sha256] = result
+            elif np.isfinite(result.score):
+                scored[result.image.sha256] = result
             else:
-                failed[image.sha256] = _inference_failed(
-                    image, f"the model gave a non-finite score ({one.score})"
+                failed[result.image.sha256] = _inference_failed(
+                    result.image, f"the model gave a non-finite score ({result.score})"
                 )
         return scored, failed
+
+    def _classify_one(self, image: Decoded) -> Scored | Rejected:
+        try:
+            return self.inferencer.classify([image], self.threshold, self.tile_reduce)[0]
+        except (RuntimeError, ValueError) as exc:
+            return _inference_failed(image, str(exc))
 
     # --- planning ------------------------------------------------------------------------------------
 
