@@ -46,13 +46,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.quality_data import LABELS_CSV, SYMBOLS, SetSpec, ensure_sets
+from benchmarks.quality_data import ARTWORK, LABELS_CSV, SYMBOLS, SetSpec, ensure_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = "@seed"  # the FLAGS of the standalone tutorial baseline
 BOXES = "@boxes"  # in FLAGS: `inspectd label --import TRAIN/labels.csv` (the boxes) before retrain
-# name -> FLAGS. "new-default" is the slot for the next default recipe: for now the default command.
-RECIPES: dict[str, str] = {"seed-tutorial": SEED, "default": "", "new-default": ""}
+SYMBOL = "@symbol"  # in FLAGS: --symbol with the symbol's artwork (a training-side font's glyph)
+# name -> FLAGS: the tutorial, the default before the MIL head on EfficientNet-Lite0 (a small CNN at 128 px,
+# no geometric augmentation), the default command, and the default with the symbol's artwork
+PREVIOUS_DEFAULT = (
+    "--backbone small_cnn --head global --input-size 128 INSPECTD_RETRAIN__AUGMENT__SOURCE_COPIES=0"
+)
+RECIPES: dict[str, str] = {
+    "seed-tutorial": SEED,
+    "previous-default": PREVIOUS_DEFAULT,
+    "default": "",
+    "default+symbol": SYMBOL,
+}
 REFERENCE = "bundled (no retrain)"  # the row of the version the first retrain compared with
 SMALL = SetSpec(train=300, train_present=100, test=150, test_present=50)
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -149,7 +159,7 @@ def score_version(
     inferencer = Inferencer.load(ModelRegistry(models).version_dir(version))
     items = folder_examples(data, EXTENSIONS)
     limits = DecodeLimits(64_000_000, 268_435_456)
-    scores, y, _, _ = score_frames(inferencer, items, limits, view_for(inferencer.meta, None))
+    scores, y, _, _ = score_frames(inferencer, items, limits, view_for(inferencer.meta))
     return scores, y
 
 
@@ -528,6 +538,12 @@ def main() -> None:
                     env, extra = split_flags(flags)
                     boxes = BOXES in extra
                     extra = [w for w in extra if w != BOXES]
+                    # @symbol: the artwork drawn from a training-side font (quality_data.write_artwork)
+                    extra = [
+                        w
+                        for e in extra
+                        for w in (("--symbol", str(root / symbol / ARTWORK)) if e == SYMBOL else (e,))
+                    ]
                     if args.epochs is not None and "--epochs" not in extra:
                         extra += ["--epochs", str(args.epochs)]
                     entry.update(

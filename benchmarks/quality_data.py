@@ -872,4 +872,21 @@ def ensure_sets(
         log(f"{symbol}: generating {spec.train} train + {spec.test} test images in {folder}")
         generate_symbol(spec, symbol, folder, workers)
         (folder / COMPLETE).write_text(json.dumps(asdict(spec)) + "\n")
+    for symbol in spec.symbols:
+        if not (root / symbol / ARTWORK).is_file():
+            write_artwork(SYMBOLS[symbol], sides.fonts["train"], root / symbol / ARTWORK)
     return root, info
+
+
+ARTWORK = "artwork.png"  # beside train/ and test/: the mark's artwork for `retrain --symbol`
+
+
+def write_artwork(symbol: Symbol, fonts: Iterable[Font], out: Path) -> str:
+    """The artwork a maintainer would have: the symbol's first target glyph, dark on white, from the
+    first training-side font (by path) that has it; the test side's fonts are never used."""
+    char = symbol.targets[0]
+    font = min((f for f in fonts if char in f.chars), key=lambda f: f.path)
+    ink = glyph_mask(font.path, char)
+    padded = np.pad(ink, 12)
+    cv2.imwrite(str(out), np.rint(255.0 * (1.0 - padded)).astype(np.uint8))
+    return font.path

@@ -49,7 +49,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from inspectd import memory
 from inspectd.infer import Inferencer
 from inspectd.preprocess import preprocess
-from inspectd.registry import bundled_model_dir
+from inspectd.registry import ModelRegistry, bundled_model_dir
 from inspectd.synth import SynthSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +123,9 @@ def naive(files: list[Path], tmp: Path) -> float:
     return len(files) / (time.perf_counter() - started)
 
 
-def runtimes(batch: int = 32, repeats: int = 20) -> dict[str, float]:
-    """Milliseconds per image of the bundled network in each runtime, batch of ``batch``."""
+def runtimes(batch: int = 32, repeats: int = 20, version: Path | None = None) -> dict[str, float]:
+    """Milliseconds per image of the bundled network in each runtime, batch of ``batch``; with
+    ``version`` (a version folder), that network as shipped (LiteRT) too."""
     from inspectd.train.export import convert
     from inspectd.train.model import small_cnn
     from inspectd.train.tf import tensorflow
@@ -153,6 +154,10 @@ def runtimes(batch: int = 32, repeats: int = 20) -> dict[str, float]:
         input_signature=[tf.TensorSpec((batch, *lite.input_size, 1), tf.float32)],
     )
     out["tensorflow_compiled_float"] = timed(lambda: compiled(x).numpy())
+    if version is not None:
+        other = Inferencer.load(version, num_threads=os.cpu_count() or 1)
+        xm = np.random.default_rng(0).random((batch, *other.input_size, 1), dtype=np.float32)
+        out[f"model_litert_{other.meta.quantization}"] = timed(lambda: other.logits(xm))
     return out
 
 
@@ -172,7 +177,7 @@ def wait_ready(port: int, timeout: float | None = None) -> None:
 
 
 class Daemon:
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, model: Path | None = None) -> None:
         self.root = root
         self.port = port
         # the default config but for the port: logs at info, a JSON line per image (into daemon.log)
@@ -182,6 +187,9 @@ class Daemon:
             check=True,
             capture_output=True,
         )
+        if model is not None:  # a version folder (a retrain's) instead of the bundled model
+            registry = ModelRegistry(root / "var" / "models")
+            registry.activate(registry.install(model).version, reason="benchmark --model")
         self.started = time.monotonic()
         self.log = (root / "daemon.log").open("w")
         self.proc = subprocess.Popen(
@@ -270,14 +278,20 @@ def burst(daemon: Daemon, files: list[Path], prefix: str) -> Run:
 
 
 def run_inspectd(
-    files: list[Path], tmp: Path, port: int, steady_s: float, size: tuple[int, int], rounds: int
+    files: list[Path],
+    tmp: Path,
+    port: int,
+    steady_s: float,
+    size: tuple[int, int],
+    rounds: int,
+    model: Path | None = None,
 ) -> dict[str, Any]:
     """Bursts alternate with ceiling runs (ceiling, burst, ceiling, burst, ..., ceiling) so that each
     burst is compared with the ceiling measured just before and just after it: the machine's speed
     drifts between minutes. The daemon sits idle during the ceiling runs."""
     root = tmp / "daemon"
     root.mkdir()
-    daemon = Daemon(root, port)
+    daemon = Daemon(root, port, model)
     result: dict[str, Any] = {"startup_s": daemon.startup_s}
     try:
         ceiling_runs = [ceiling(files, size)]
@@ -369,31 +383,38 @@ def main() -> None:
         "--soak", type=int, default=0, help="also feed this many images, RSS after each burst"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a model version folder (a retrain's) for the daemon instead of the bundled one",
+    )
     args = parser.parse_args()
     files = workload(args.images, args.out.parent / "cache")
     # The ceiling gets the daemon's allocator settings: with glibc's default (dynamic) thresholds each
     # decoded frame's buffer is mapped and unmapped again, and decoding measured 15-20% slower here.
     memory.fix_mmap_threshold()
-    size = Inferencer.load(bundled_model_dir()).input_size
+    size = Inferencer.load(args.model or bundled_model_dir()).input_size
     results: dict[str, Any] = {"images": len(files), "cores": os.cpu_count(), "image": "1280x1024 8-bit PNG"}
     with tempfile.TemporaryDirectory(prefix="inspectd-bench-") as tmp_name:
         tmp = Path(tmp_name)
         list(ThreadPoolExecutor(4).map(lambda p: p.read_bytes(), files))  # page cache warm for everyone
         ours = results["inspectd"] = run_inspectd(
-            files, tmp, args.port, args.steady_seconds, size, args.rounds
+            files, tmp, args.port, args.steady_seconds, size, args.rounds, args.model
         )
         print(f"inspectd: {json.dumps(ours)}", flush=True)
         results["ceiling_images_per_s"] = statistics.median(ours["ceiling_runs_images_per_s"])
         results["naive_images_per_s"] = naive(files[: args.naive_images], tmp)
         print(f"naive: {results['naive_images_per_s']:.1f} images/s", flush=True)
-        results["runtimes_ms_per_image"] = runtimes()
+        results["runtimes_ms_per_image"] = runtimes(version=args.model)
         if args.soak:
             results["soak"] = soak(files, tmp, args.port + 1, args.soak)
         shutil.rmtree(tmp, ignore_errors=True)
     ours = results["inspectd"]["burst_images_per_s"]
     runtimes_ms = results["runtimes_ms_per_image"]
-    fastest = min(runtimes_ms.values())
+    fastest = min(v for k, v in runtimes_ms.items() if not k.startswith("model_"))  # the bundled network
     shipped = next(v for k, v in runtimes_ms.items() if k.endswith("_shipped"))
+    if args.model is not None:
+        results["model"] = str(args.model)
     results["ratios"] = {
         # each burst against the mean of the ceilings measured just before and after it; the median round
         "inspectd_over_ceiling": statistics.median(results["inspectd"]["round_ratios"]),

@@ -377,7 +377,7 @@ def review(obj: _Obj, limit: int, confident: int, fmt: str, explain_dir: Path | 
         for row in rows:
             out = explain_dir / f"{row['id']}-{Path(row['stored_path']).stem}.explain.png"
             try:
-                view = view_for(inferencer.meta, cfg.model.roi, cfg.model.tile, cfg.model.tile_overlap)
+                view = view_for(inferencer.meta, cfg.model)
                 explain(
                     Path(row["stored_path"]),
                     inferencer,
@@ -441,7 +441,7 @@ def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> Non
     cfg = obj.config()
     target = out or default_out(cfg.paths.runs, file)
     inferencer = _station_model(obj, version)
-    view = view_for(inferencer.meta, cfg.model.roi, cfg.model.tile, cfg.model.tile_overlap)
+    view = view_for(inferencer.meta, cfg.model)
     try:
         result = run_explain(
             file, inferencer, _limits(cfg), view, target, cfg.model.threshold, cfg.model.tile_reduce
@@ -486,6 +486,13 @@ def explain(obj: _Obj, file: Path, out: Path | None, version: str | None) -> Non
     default=None,
     help="override retrain.head (mil: score every place of the frame, the frame's score the best place's)",
 )
+@click.option(
+    "--symbol",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="the mark's artwork (an image): composited into labeled absent images as more positives "
+    "(override retrain.symbol.artwork)",
+)
 @click.option("--force", is_flag=True, help="activate the new version even if the gate refuses it")
 @click.pass_obj
 def retrain(
@@ -496,11 +503,13 @@ def retrain(
     input_size: int | None,
     quantize: str | None,
     head: str | None,
+    symbol: Path | None,
     force: bool,
 ) -> None:
     """Train a new model version from the labeled images; promote it only if it is no worse."""
     from inspectd.infer import ModelLoadError
     from inspectd.train.backbones import WeightsUnavailable
+    from inspectd.train.composite import ArtworkError
     from inspectd.train.dataset import NotEnoughLabels
     from inspectd.train.retrain import retrain as run_retrain
 
@@ -519,9 +528,10 @@ def retrain(
                 "input_size": input_size,
                 "quantize": quantize,
                 "head": head,
+                "symbol": symbol,
             },
         )
-    except NotEnoughLabels as exc:
+    except (NotEnoughLabels, ArtworkError) as exc:
         click.echo(f"inspectd retrain: {exc}", err=True)
         sys.exit(EX_DATAERR)
     except WeightsUnavailable as exc:
@@ -557,9 +567,9 @@ def retrain(
 def eval_command(obj: _Obj, version: str | None, data: Path | None) -> None:
     """Evaluate a model version (default: the active one): report.json, plots and a summary."""
     from inspectd.infer import ModelLoadError
+    from inspectd.train.assess import evaluate_version
     from inspectd.train.dataset import NotEnoughLabels
     from inspectd.train.report import summary
-    from inspectd.train.retrain import evaluate_version
 
     try:
         result, out = evaluate_version(obj.config(), _engine(obj), version, data)

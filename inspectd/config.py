@@ -145,6 +145,9 @@ class BatchConfig(_Section):
     max_wait_ms: float = Field(default=20.0, ge=0)
 
 
+TileReduce = Literal["max", "top2_mean"]  # a tiled image's score from its tiles' scores
+
+
 class ModelConfig(_Section):
     threshold: float | None = Field(default=None, ge=0, le=1)  # None: the model version's own threshold
     # Inference threads; 0: one per CPU core. One by default: the decode workers already keep every core
@@ -160,7 +163,7 @@ class ModelConfig(_Section):
     # tiling (a whole-frame model on large frames: tiles at the scale its training frames had)
     tile: int | None = Field(default=None, ge=8)
     tile_overlap: float | None = Field(default=None, ge=0, lt=1)  # None: the version's, else 0.25
-    tile_reduce: Literal["max", "top2_mean"] = "max"  # tiled: the image score from the tile scores
+    tile_reduce: TileReduce = "max"  # tiled: the image score from the tile scores
 
     @field_validator("roi")
     @classmethod
@@ -183,23 +186,52 @@ class ClusterConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Random transforms applied to training images only (0 disables one).
+    """Random transforms of training images only (0 disables one).
 
-    The geometric ones and blur interpolate: at a small input size they smear a thin symbol's lines (at
-    128 px the bundled mark's lines are under a pixel wide, and +/-30 degree rotations alone kept the
-    small CNN near chance for 4 epochs where it learned without them), so they are off by default; turn
-    them on with an input size that resolves the symbol.
+    The geometric ones (rotation, scale, shear, translation) are applied at the source resolution, before
+    the frame is reduced to the model's input: ``source_copies`` transformed copies of each training
+    frame join the training set (inspectd/train/geometry.py). After the resize they would smear a thin
+    mark's lines (at 128 px the bundled mark's lines are under a pixel wide). The others (brightness,
+    contrast, blur, noise, flips) run in the training pipeline, for networks trained on images.
     """
 
-    rotation_deg: float = Field(default=0.0, ge=0, le=180)
-    scale: float = Field(default=0.0, ge=0, lt=1)
-    shear_deg: float = Field(default=0.0, ge=0, le=45)
+    rotation_deg: float = Field(default=15.0, ge=0, le=180)
+    scale: float = Field(default=0.15, ge=0, lt=1)
+    shear_deg: float = Field(default=5.0, ge=0, le=45)
     translate: float = Field(default=0.0, ge=0, lt=0.5)
+    source_copies: int = Field(default=1, ge=0, le=8)  # transformed copies of each training frame
     brightness: float = Field(default=0.15, ge=0, le=1)
     contrast: float = Field(default=0.2, ge=0, le=1)
     blur_sigma: float = Field(default=0.0, ge=0, le=5)
     noise_std: float = Field(default=0.01, ge=0, le=0.5)
     flip: bool = True  # mirror images; turn off when the symbol is not mirror-symmetric
+
+
+class SymbolConfig(_Section):
+    """Synthetic positives from the mark's artwork (``retrain --symbol ART``; inspectd/train/composite.py):
+    drawn into labeled absent training images, never into validation, holdout or gate images."""
+
+    artwork: Path | None = None  # an image of the mark (alpha, or dark on light / light on dark)
+    count: int = Field(default=2000, ge=1, le=100_000)  # synthetic positives per retrain
+    # the mark's longer side, as fractions of the frame's (or the ROI's) shorter side
+    size: tuple[float, float] = (0.06, 0.25)
+    rotation_deg: float = Field(default=25.0, ge=0, le=180)
+    shear_deg: float = Field(default=10.0, ge=0, le=45)
+    aspect: float = Field(default=0.15, ge=0, le=1)  # width/height stretched by up to this fraction
+    stroke: float = Field(default=0.5, ge=0, le=3)  # strokes thicker/thinner by up to this px per 16 px
+    blur_sigma: float = Field(default=1.2, ge=0, le=5)
+    contrast: tuple[float, float] = (0.12, 0.5)  # ink against its background, fractions of full scale
+    dark_share: float = Field(default=0.5, ge=0, le=1)  # marks darker than their background (polarity)
+    opacity: float = Field(default=0.8, gt=0, le=1)  # the least opacity (the background shows through)
+    occlusion: float = Field(default=0.15, ge=0, le=1)  # share of marks with a corner hidden
+    noise: float = Field(default=0.03, ge=0, le=0.5)  # noise on the ink, fractions of full scale
+
+    @field_validator("size", "contrast")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return value
 
 
 class GateConfig(_Section):
@@ -218,29 +250,38 @@ class RetrainConfig(_Section):
         "efficientnet_lite0",
         "efficientnet_lite1",
         "efficientnet_lite2",
-    ] = "small_cnn"
+    ] = "efficientnet_lite0"
     pretrained: bool = True  # ImageNet weights for the pretrained backbones (from weights, else download)
     weights: dict[
         str, Path
     ] = {}  # backbone -> local ImageNet weights file (.weights.h5), for offline machines
     # network input, pixels per side; 0: chosen from the labeled images (their median side, at most
     # AUTO_INPUT_MAX: frames that small are seen at their own resolution, larger ones resized to it)
-    input_size: int = Field(default=128, ge=0, le=512)
+    input_size: int = Field(default=0, ge=0, le=512)
     # "global": features pooled over the frame, then one dense logit; "mil": a fully-convolutional network
     # scoring every place of the frame, the frame's logit the highest place's (multiple-instance learning
     # from image-level labels: no boxes needed; see inspectd/train/model.py)
-    head: Literal["global", "mil"] = "global"
+    head: Literal["global", "mil"] = "mil"
     # Tiled training: tiles of this many frame pixels (resized to input_size), the daemon cutting frames
     # the same way for this version; None trains on whole frames (or the ROI) resized to input_size.
     tile: int | None = Field(default=None, ge=8)
     tile_overlap: float = Field(default=0.25, ge=0, lt=1)
     epochs: int = Field(default=30, ge=1)
-    fine_tune_epochs: int = Field(default=10, ge=0)
+    # pretrained backbones: a second phase with the top layers unfrozen; None: 10 with the global head, 0
+    # with the MIL head (whose first phase trains on feature maps computed once: fine-tuning would run the
+    # backbone over every image in every epoch)
+    fine_tune_epochs: int | None = Field(default=None, ge=0)
+    # a MIL head on a frozen backbone: a second round on the absent frames scored highest (0: none)
+    hard_negative_epochs: int = Field(default=0, ge=0)
     fine_tune_layers: int = Field(default=30, ge=0)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     fine_tune_learning_rate: float = Field(default=1e-5, gt=0)
     patience: int = Field(default=6, ge=1)
+    # epochs before early stopping or the learning-rate schedule may act: a MIL head can take several
+    # epochs at chance before it finds the mark (measured: found at epoch 6-8 of 19, or never when stopped
+    # at epoch 13 after a best at 7)
+    min_epochs: int = Field(default=12, ge=0)
     min_per_class: int = Field(default=20, ge=2)
     holdout_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
@@ -252,7 +293,15 @@ class RetrainConfig(_Section):
     # refused and the float one ships instead (inspectd/train/export.py).
     quantize: Literal["none", "dynamic", "int8"] = "int8"
     augment: AugmentConfig = AugmentConfig()
+    symbol: SymbolConfig = SymbolConfig()
     gate: GateConfig = GateConfig()
+
+    @property
+    def fine_tune(self) -> int:
+        """Epochs of the second phase (``fine_tune_epochs`` resolved)."""
+        if self.fine_tune_epochs is not None:
+            return self.fine_tune_epochs
+        return 0 if self.head == "mil" else 10
 
     @field_validator("input_size")
     @classmethod

@@ -182,14 +182,10 @@ class Daemon:
             Destinations(cfg.paths.processed, cfg.paths.quarantine, cfg.paths.incoming, token),
             cfg.station.name,
             self.metrics,
-            cfg.model.threshold,
+            cfg.model,
             cfg.database.retry_initial_s,
             cfg.database.retry_max_s,
             should_abort=self._alive_should_abort,
-            roi=cfg.model.roi,
-            tile=cfg.model.tile,
-            tile_overlap=cfg.model.tile_overlap,
-            tile_reduce=cfg.model.tile_reduce,
             budget=budget,
         )
         self.intake = Intake(

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from inspectd.config import TileReduce
 from inspectd.decode import DecodeLimits, decode
 from inspectd.infer import Inferencer
 from inspectd.preprocess import to_gray
@@ -55,7 +56,7 @@ def explain(
     view: View,
     out: Path,
     threshold: float | None = None,
-    reduce: str = "max",
+    reduce: TileReduce = "max",
 ) -> Explanation:
     roi = view.roi
     decoded = decode(ReadyFile(path, 0.0, datetime.now(UTC)), limits, view)

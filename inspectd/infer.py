@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from ai_edge_litert.interpreter import Interpreter
 
-from inspectd.config import ModelConfig
+from inspectd.config import ModelConfig, TileReduce
 from inspectd.records import Decoded, Scored, Verdict
 from inspectd.registry import (
     MODEL_FILE,
@@ -64,7 +64,7 @@ def call_sizes(max_inputs: int) -> list[int]:
 def max_inputs_for(meta: ModelMeta, model_cfg: ModelConfig, batch_max_size: int) -> int:
     """How many inputs one batch can give a model version on a station: every tile of every image of
     the batch when it is tiled (the call sizes then go up to MAX_CHUNK), else one input per image."""
-    tiled = view_for(meta, model_cfg.roi, model_cfg.tile, model_cfg.tile_overlap).tile is not None
+    tiled = view_for(meta, model_cfg).tile is not None
     return MAX_CHUNK if tiled else batch_max_size
 
 
@@ -212,7 +212,7 @@ class Inferencer:
             )
 
     def classify(
-        self, images: list[Decoded], threshold: float | None = None, reduce: str = "max"
+        self, images: list[Decoded], threshold: float | None = None, reduce: TileReduce = "max"
     ) -> list[Scored]:
         """One call for every tile of every image, then each image's verdict (``decide``)."""
         if not images:
@@ -231,7 +231,7 @@ class Inferencer:
         image: Decoded,
         tile_scores: npt.NDArray[np.float32],
         threshold: float | None = None,
-        reduce: str = "max",
+        reduce: TileReduce = "max",
     ) -> Scored:
         """An image's score from its tiles' scores: the best tile's (``max``) or the mean of the best two
         (``top2_mean``, less swayed by one noisy tile); the best tile is its box."""

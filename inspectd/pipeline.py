@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd import archive, db, logs, retry
 from inspectd.budget import MemoryBudget
+from inspectd.config import ModelConfig
 from inspectd.decode import DecodeLimits, changed, decode_loaded
 from inspectd.infer import Inferencer
 from inspectd.intake import Prepared, guarded
@@ -99,15 +100,11 @@ class Pipeline:
         destinations: Destinations,
         station: str,
         metrics: Metrics,
-        threshold: float | None,
+        model_cfg: ModelConfig,
         retry_initial_s: float,
         retry_max_s: float,
         should_abort: Callable[[], bool] = lambda: False,
         budget: MemoryBudget | None = None,
-        roi: tuple[float, float, float, float] | None = None,
-        tile: int | None = None,
-        tile_overlap: float | None = None,
-        tile_reduce: str = "max",
     ) -> None:
         self.store = store
         self.inferencer = inferencer
@@ -115,11 +112,7 @@ class Pipeline:
         self.destinations = destinations
         self.station = station
         self.metrics = metrics
-        self.threshold = threshold
-        self.roi = roi
-        self.tile = tile
-        self.tile_overlap = tile_overlap
-        self.tile_reduce = tile_reduce
+        self.model_cfg = model_cfg  # the station's [model]: threshold override, ROI, tiling, reduce
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.should_abort = should_abort
@@ -127,7 +120,7 @@ class Pipeline:
 
     def view(self) -> View:
         """How the active model looks at a frame: its input size, the ROI, its tiling."""
-        return view_for(self.inferencer.meta, self.roi, self.tile, self.tile_overlap)
+        return view_for(self.inferencer.meta, self.model_cfg)
 
     def finish(self, batch: list[Prepared]) -> list[Outcome]:
         """Infer, persist and archive a batch of decoded files (every descriptor is closed after)."""
@@ -225,7 +218,7 @@ class Pipeline:
         inference failure of that image, never a row."""
         try:
             results: list[Scored | Rejected] = list(
-                self.inferencer.classify(fresh, self.threshold, self.tile_reduce)
+                self.inferencer.classify(fresh, self.model_cfg.threshold, self.model_cfg.tile_reduce)
             )
         except (RuntimeError, ValueError) as exc:
             log.error("infer.batch_failed", images=len(fresh), error=str(exc))
@@ -245,7 +238,7 @@ class Pipeline:
 
     def _classify_one(self, image: Decoded) -> Scored | Rejected:
         try:
-            return self.inferencer.classify([image], self.threshold, self.tile_reduce)[0]
+            return self.inferencer.classify([image], self.model_cfg.threshold, self.model_cfg.tile_reduce)[0]
         except (RuntimeError, ValueError) as exc:
             return _inference_failed(image, str(exc))
 

@@ -37,6 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MODEL_FILE = "model.tflite"
 META_FILE = "metadata.json"
 SELFTEST_FILE = "selftest.npz"
+# what retrain keeps with a version: the Keras history (a row per epoch), and the holdout images the gate
+# compared on (so that its set can be rebuilt)
+TRAINING_HISTORY_FILE = "history.csv"
+HOLDOUT_FILE = "holdout.csv"
+VERSION_FILES = (MODEL_FILE, META_FILE, SELFTEST_FILE, TRAINING_HISTORY_FILE, HOLDOUT_FILE)
 ACTIVE_FILE = "active"
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".lock"
@@ -293,7 +298,7 @@ class ModelRegistry:
         staging = _temporary(self.versions, meta.version)
         staging.mkdir(mode=0o777)
         try:
-            for name in (MODEL_FILE, META_FILE, SELFTEST_FILE):
+            for name in VERSION_FILES:
                 if (source / name).is_file():
                     _copy_flushed(source / name, staging / name)
             read_meta(staging, meta.version)  # what was copied is what was checked

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inspectd.config import ModelConfig
 from inspectd.preprocess import preprocess, to_gray
 from inspectd.records import Box  # one definition: x, y, w, h in frame pixels
 from inspectd.registry import ModelMeta
@@ -32,15 +33,14 @@ class View:
     overlap: float = 0.25
 
 
-def view_for(
-    meta: ModelMeta,
-    roi: tuple[float, float, float, float] | None,
-    tile: int | None = None,
-    overlap: float | None = None,
-) -> View:
-    """The view for a model version: the station's ``[model] tile`` when set (a whole-frame model used
-    on tiles whose scale matches its training frames), else the version's own tiling, else none."""
+def view_for(meta: ModelMeta, station: ModelConfig | None = None) -> View:
+    """How a station looks at frames for a model version: the station's ``[model] roi``; its ``[model]
+    tile`` when set (a whole-frame model used on tiles whose scale matches its training frames), else the
+    version's own tiling, else none. The one place a view is made for a version."""
+    roi = station.roi if station is not None else None
+    tile = station.tile if station is not None else None
     if tile is not None:
+        overlap = station.tile_overlap if station is not None else None
         return View(meta.input_size, roi, tile, 0.25 if overlap is None else overlap)
     if meta.tiling is not None:
         return View(meta.input_size, roi, meta.tiling.tile, meta.tiling.overlap)

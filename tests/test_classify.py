@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from inspectd.config import ModelConfig
 from inspectd.decode import DecodeLimits, decode_closed
 from inspectd.infer import Inferencer
 from inspectd.metrics import Metrics
@@ -30,7 +31,7 @@ def test_non_finite_scores_are_inference_failures(tmp_path: Path) -> None:
         Destinations(tmp_path / "processed", tmp_path / "quarantine"),
         "t",
         Metrics("t"),
-        None,
+        ModelConfig(),
         0.1,
         0.2,
     )
@@ -38,7 +39,7 @@ def test_non_finite_scores_are_inference_failures(tmp_path: Path) -> None:
     for i in range(3):
         path = tmp_path / f"{i}.png"
         path.write_bytes(png_bytes(900 + i))
-        view = view_for(inferencer.meta, None, None, None)
+        view = view_for(inferencer.meta)
         item = decode_closed(ReadyFile(path, 0.0, datetime.now(UTC)), pipeline.limits, view)
         assert isinstance(item, Decoded)
         images.append(item)

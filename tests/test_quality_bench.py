@@ -127,9 +127,10 @@ def test_recipes_take_extra_flags_and_configuration_overrides() -> None:
     from benchmarks.quality import RECIPES, SEED, parse_recipes, split_flags
 
     recipes = parse_recipes(
-        ["big=--backbone mobilenet_v3_small --input-size 224", "default=--epochs 5"], ["new-default"]
+        ["big=--backbone mobilenet_v3_small --input-size 224", "default=--epochs 5"], ["previous-default"]
     )
-    assert recipes["seed-tutorial"] == SEED and "new-default" not in recipes and "new-default" in RECIPES
+    assert recipes["seed-tutorial"] == SEED and "previous-default" not in recipes
+    assert "previous-default" in RECIPES and RECIPES["default+symbol"] == "@symbol"
     assert recipes["default"] == "--epochs 5"
     assert split_flags(recipes["big"]) == ({}, ["--backbone", "mobilenet_v3_small", "--input-size", "224"])
     assert split_flags("INSPECTD_RETRAIN__TILE=96 --input-size 96") == (

@@ -246,7 +246,10 @@ def test_training_with_every_augmentation_off_and_on(tmp_path: Path) -> None:
         flip=True,
     )
     for augment in (off, on):
-        rc = RetrainConfig(input_size=32, epochs=1, batch_size=8, augment=augment)
+        # the small CNN trains on images through the augmentation (the MIL head on feature maps)
+        rc = RetrainConfig(
+            backbone="small_cnn", head="global", input_size=32, epochs=1, batch_size=8, augment=augment
+        )
         trained = train_arrays(rc, x, y, x, y, tmp_path / str(id(augment)))
         assert trained.epochs_run == 1 and len(trained.representative) == 24
 
@@ -340,3 +343,64 @@ def test_retrain_does_not_activate_over_a_promotion_made_while_it_trained(
     assert activations.latest(engine, "any-station") == "meanwhile-1"
     assert [m.version for m in registry.list_versions()][-1] == version
     assert "active model: " + version in upgraded.cli("promote", version).stdout  # a complete version
+
+
+@pytest.mark.train
+def test_retrain_with_the_marks_artwork(upgraded: Workspace, tmp_path: Path) -> None:
+    """`retrain --symbol ART`: the artwork composited into absent training images (a MIL head on the
+    offline EfficientNet-Lite0, its places told where each composited mark is); the version keeps its
+    Keras history and the list of holdout images; bad artwork is one clear line and exit 65."""
+    import cv2
+    import numpy as np
+
+    art = np.full((60, 60), 255, np.uint8)
+    cv2.circle(art, (30, 30), 22, 0, 5)
+    cv2.line(art, (30, 8), (30, 52), 0, 5)
+    cv2.line(art, (8, 30), (52, 30), 0, 5)
+    assert cv2.imwrite(str(tmp_path / "mark.png"), art)
+    upgraded.write_config(
+        retrain={
+            **QUICK,
+            "backbone": "efficientnet_lite0",
+            "head": "mil",
+            "fine_tune_epochs": 0,
+            "hard_negative_epochs": 1,
+            "quantize": "none",
+            "symbol": {"count": 40},
+        }
+    )
+    data = make_dataset(upgraded, tmp_path / "data", 100, 9)
+    result = upgraded.cli(
+        "retrain", "--data", str(data), "--symbol", str(tmp_path / "mark.png"), "--force", timeout=600
+    )
+    assert "PROMOTED" in result.stdout, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    composited = next(e for e in events if e["event"] == "symbol.composited")
+    assert composited["images"] == 40 and composited["artwork"] == str(tmp_path / "mark.png")
+    features = next(e for e in events if e["event"] == "features.ready")
+    assert features["synthetic"] == 40
+    assert any(e["event"] == "progress" and e["step"] == "compositing" and e["done"] == 40 for e in events)
+    assert any(e["event"] == "hard_negatives.done" for e in events)
+    version = (upgraded.models / "active").read_text().strip()
+    folder = upgraded.models / "versions" / version
+    with open(folder / "history.csv", newline="") as fh:
+        history = list(csv.DictReader(fh))
+    assert len(history) >= 2 and {"epoch", "loss", "val_auc"} <= set(history[0])
+    with open(folder / "holdout.csv", newline="") as fh:
+        holdout = list(csv.DictReader(fh))
+    meta = json.loads((folder / "metadata.json").read_text())
+    split = meta["training"]["split"]["holdout"]
+    assert len(holdout) == split["present"] + split["absent"] > 0
+    assert {row["label"] for row in holdout} == {"present", "absent"}
+    assert all(Path(row["path"]).is_file() for row in holdout)
+    assert meta["training"]["config"]["symbol"]["artwork"] == str(tmp_path / "mark.png")
+
+    (tmp_path / "blank.png").write_bytes(b"not an image")
+    failed = upgraded.cli(
+        "retrain", "--data", str(data), "--symbol", str(tmp_path / "blank.png"), check=False
+    )
+    assert failed.returncode == 65, failed.stderr
+    assert (
+        failed.stderr.strip().splitlines()[-1]
+        == f"inspectd retrain: {tmp_path / 'blank.png'}: not a readable image"
+    )

@@ -115,7 +115,8 @@ def test_tiled_retrain_from_boxed_labels(upgraded: Workspace, tmp_path: Path) ->
     """Labels with boxes (the synth CSV) train a tiled version; unboxed present labels are pseudo-labeled
     by their best tile; the version carries its tiling and is evaluated per frame."""
     quick = {"epochs": 2, "input_size": 64, "min_per_class": 10, "patience": 2, "batch_size": 16}
-    upgraded.write_config(retrain={**quick, "tile": 256, "tile_overlap": 0.25})
+    tiles = {"tile": 256, "tile_overlap": 0.25, "backbone": "small_cnn", "head": "global"}
+    upgraded.write_config(retrain={**quick, **tiles})
     upgraded.cli("synth", str(tmp_path / "data"), "--count", "120", "--seed", "5")
     sheet = tmp_path / "data" / "labels.csv"
     with sheet.open() as fh:

@@ -1,4 +1,5 @@
-"""Augmentation inside the training pipeline (training batches only), from [retrain.augment]."""
+"""Augmentation inside the training pipeline (training batches only), from [retrain.augment]: the
+photometric transforms and flips. The geometric ones happen at the source resolution (geometry.py)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,12 @@ from inspectd.train.tf import keras
 
 
 def pipeline(cfg: AugmentConfig, seed: int) -> Any | None:
-    """The random transforms as one Keras model, or None when every transform is disabled."""
+    """The in-pipeline transforms as one Keras model, or None when every one is disabled."""
     k = keras()
     layers = k.layers
     steps: list[Any] = []
     if cfg.flip:
         steps.append(layers.RandomFlip("horizontal_and_vertical", seed=seed))
-    if cfg.rotation_deg:
-        steps.append(layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode="reflect", seed=seed + 1))
-    if cfg.scale:
-        steps.append(layers.RandomZoom((-cfg.scale, cfg.scale), fill_mode="reflect", seed=seed + 2))
-    if cfg.shear_deg:
-        factor = min(1.0, cfg.shear_deg / 45.0)
-        steps.append(layers.RandomShear(x_factor=factor, y_factor=factor, fill_mode="reflect", seed=seed + 3))
-    if cfg.translate:
-        steps.append(
-            layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode="reflect", seed=seed + 4)
-        )
     if cfg.brightness:
         steps.append(layers.RandomBrightness(cfg.brightness, value_range=(0.0, 1.0), seed=seed + 5))
     if cfg.contrast:

@@ -1,10 +1,12 @@
 """Training data from labeled images: a stable, grouped, stratified split, and arrays via the daemon's
 own decode + preprocess path.
 
-The split is decided per *group*, and a group is a perceptual hash of the image, so near-duplicate shots
-of the same part land on the same side. A group's side is a hash of the group and the seed: an image in
-the holdout stays in the holdout as the dataset grows, so the active model (trained on an earlier run's
-training side) has never seen the holdout it is compared on.
+The split is decided per *group*: images whose perceptual hashes (dHash, imagehash) lie within a few bits
+of each other, so near-duplicate shots of the same part land on the same side. A group's side is a hash of
+the group and the seed: an image in the holdout stays in the holdout as the dataset grows (unless a new
+image comes first in a group it then joins), so the active model (trained on an earlier run's training
+side) has not seen the holdout it is compared on. The holdout's list is kept with each version
+(holdout.csv).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import Engine
 
+from inspectd import labels, logs
+from inspectd.config import Config, TileReduce
 from inspectd.decode import DecodeLimits, decode
 from inspectd.infer import Inferencer
 from inspectd.labels import LABELS, Labeled
 from inspectd.records import Box, Decoded, ReadyFile
 from inspectd.registry import file_sha256
 from inspectd.tiles import View
+from inspectd.train.progress import progress
 
 
 class NotEnoughLabels(Exception):
@@ -70,14 +75,43 @@ def folder_examples(folder: Path, extensions: Sequence[str]) -> list[Labeled]:
     return out
 
 
-def group_key(path: Path) -> str:
-    """A difference hash (dHash, 64 bits): near-duplicates of the same part share it."""
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_REDUCED_GRAYSCALE_4)
-    if image is None:
-        return file_sha256(path)
-    small = cv2.resize(image, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return "".join("1" if b else "0" for b in bits)
+GROUP_RADIUS = 10  # dHash bits: a re-shot shifted by 2 px differs in 2-7 of 64, another image in 20-28
+
+
+def dhash(path: Path) -> int | None:
+    """The image's difference hash (64 bits, imagehash), or None when it cannot be read."""
+    import imagehash
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return int(str(imagehash.dhash(image.convert("L"))), 16)
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
+def groups(items: Sequence[Labeled], radius: int = GROUP_RADIUS) -> list[str]:
+    """A group per item: near-duplicates (dHash within ``radius`` bits of a group's first image) share one,
+    so re-shots of the same part land on the same side of the split. Images are taken in the order of
+    their content hash, each joining the nearest group whose first image is within the radius (no
+    chains: a group spans at most twice the radius). Unreadable images are groups of their own."""
+    hashes = [dhash(item.path) for item in items]
+    leaders: list[int] = []  # dHash of each group's first image
+    out = [""] * len(items)
+    for i in sorted(range(len(items)), key=lambda i: items[i].sha256):
+        value = hashes[i]
+        if value is None:
+            out[i] = items[i].sha256
+            continue
+        if leaders:
+            distance = np.bitwise_count(np.array(leaders, np.uint64) ^ np.uint64(value))
+            nearest = int(np.argmin(distance))
+            if int(distance[nearest]) <= radius:
+                out[i] = f"{leaders[nearest]:016x}"
+                continue
+        leaders.append(value)
+        out[i] = f"{value:016x}"
+    return out
 
 
 def split(items: list[Labeled], holdout: float, validation: float, seed: int, min_per_class: int) -> Split:
@@ -89,8 +123,8 @@ def split(items: list[Labeled], holdout: float, validation: float, seed: int, mi
                 "with `inspectd label`, the label folders, or --data FOLDER"
             )
     parts: dict[str, list[Labeled]] = {"train": [], "validation": [], "holdout": []}
-    for item in items:
-        key = hashlib.sha256(f"{seed}:{item.label}:{group_key(item.path)}".encode()).digest()
+    for item, group in zip(items, groups(items), strict=True):
+        key = hashlib.sha256(f"{seed}:{item.label}:{group}".encode()).digest()
         u = int.from_bytes(key[:8], "big") / 2**64
         side = "holdout" if u < holdout else "validation" if u < holdout + validation else "train"
         parts[side].append(item)
@@ -113,7 +147,7 @@ def load(
     """Whole-frame inputs (one per image), exactly as the daemon makes them; unreadable ones are left out."""
     if view.tile is not None:
         raise ValueError("load() gives one input per image; tiled views go through inspectd.train.tiled")
-    kept = list(decoded_items(items, view, limits, 64, workers))
+    kept = list(progress(decoded_items(items, view, limits, 64, workers), "decoding", len(items)))
     size = view.input_size
     x = np.stack([d.tiles[0] for d, _ in kept]) if kept else np.zeros((0, *size, 1), np.float32)
     y = np.array([item.label for _, item in kept], dtype=np.int_)
@@ -136,14 +170,19 @@ def decoded_items(
 
 
 def score_frames(
-    inferencer: Inferencer, items: Sequence[Labeled], limits: DecodeLimits, view: View, reduce: str = "max"
+    inferencer: Inferencer,
+    items: Sequence[Labeled],
+    limits: DecodeLimits,
+    view: View,
+    reduce: TileReduce = "max",
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_], list[Labeled], list[Box | None]]:
     """Per-frame scores from a registry version, decided as the daemon decides (tiles and all)."""
     scores: list[float] = []
     kept: list[Labeled] = []
     boxes: list[Box | None] = []
     batch: list[tuple[Decoded, Labeled]] = []
-    for pair in chain(decoded_items(items, view, limits), [None]):  # None: flush the last batch
+    frames = progress(decoded_items(items, view, limits), "scoring", len(items))
+    for pair in chain(frames, [None]):  # None: flush the last batch
         if pair is not None:
             batch.append(pair)
         if batch and (pair is None or len(batch) == 16):
@@ -156,3 +195,21 @@ def score_frames(
             batch = []
     y = np.array([item.label for item in kept], dtype=np.int_)
     return np.array(scores, np.float32), y, kept, boxes
+
+
+def gather(engine: Engine, cfg: Config, data: Path | None) -> list[Labeled]:
+    """Every labeled image: the label folders (synced first), the labeled results and examples in the
+    database, and ``data/present``, ``data/absent`` (one item per content)."""
+    sync = labels.sync_folders(engine, cfg.paths.labels, cfg.watch.extensions, by="label-folder")
+    logs.get("inspectd.retrain").info(
+        "labels.synced",
+        linked=sync.linked,
+        added=sync.added,
+        relabeled=sync.relabeled,
+        skipped=len(sync.skipped),
+    )
+    items = {i.sha256: i for i in labels.labeled_examples(engine)}
+    if data is not None:
+        for item in folder_examples(data, cfg.watch.extensions):
+            items.setdefault(item.sha256, item)
+    return list(items.values())

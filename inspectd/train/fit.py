@@ -4,10 +4,9 @@ that ships (export.py), whose logits a quantized conversion changes."""
 
 from __future__ import annotations
 
-import io
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,37 +16,15 @@ import numpy.typing as npt
 
 from inspectd import logs
 from inspectd.config import RetrainConfig
-from inspectd.train import augment, report
+from inspectd.records import Box
+from inspectd.registry import TRAINING_HISTORY_FILE
+from inspectd.train import augment, bags
 from inspectd.train.backbones import Built, build, unfreeze_top
+from inspectd.train.callbacks import confusion_images, schedule
+from inspectd.train.fit_bags import fit_bags
 from inspectd.train.tf import keras, tensorflow
 
 log = logs.get("inspectd.train.fit")
-
-
-def confusion_images(x: npt.NDArray[np.float32], y: npt.NDArray[np.int_], logdir: Path) -> Any:
-    """A Keras callback: the validation confusion matrix as a TensorBoard image after every epoch."""
-    k = keras()
-    tf = tensorflow()
-    writer = tf.summary.create_file_writer(str(logdir / "confusion"))
-
-    class ConfusionImages(k.callbacks.Callback):  # type: ignore[misc,name-defined]
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            predicted = (np.asarray(self.model(x, training=False)).reshape(-1) >= 0).astype(int)
-            cm = {
-                "tn": int(((predicted == 0) & (y == 0)).sum()),
-                "fp": int(((predicted == 1) & (y == 0)).sum()),
-                "fn": int(((predicted == 0) & (y == 1)).sum()),
-                "tp": int(((predicted == 1) & (y == 1)).sum()),
-            }
-            buffer = io.BytesIO()
-            report.confusion_figure(cm, f"validation, epoch {epoch + 1}").savefig(
-                buffer, format="png", dpi=72
-            )
-            image = tf.image.decode_png(buffer.getvalue(), channels=4)[tf.newaxis]
-            with writer.as_default():
-                tf.summary.image("confusion_matrix", image, step=epoch)
-
-    return ConfusionImages()
 
 
 def _fit(
@@ -61,12 +38,11 @@ def _fit(
     learning_rate: float,
     epochs: int,
     initial_epoch: int,
-    augmented: bool = True,
 ) -> int:
-    """``augmented``: through the [retrain.augment] pipeline (images; not cached feature maps)."""
+    """Fit a network on images, through the [retrain.augment] pipeline."""
     tf = tensorflow()
     k = keras()
-    aug = augment.pipeline(rc.augment, rc.seed) if augmented else None
+    aug = augment.pipeline(rc.augment, rc.seed)
     train = (
         tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
         .shuffle(len(x), seed=rc.seed, reshuffle_each_iteration=True)
@@ -87,14 +63,10 @@ def _fit(
         ],
     )
     callbacks = [
-        k.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=rc.patience, restore_best_weights=True
-        ),
-        k.callbacks.ReduceLROnPlateau(
-            monitor="val_auc", mode="max", factor=0.3, patience=max(1, rc.patience // 2)
-        ),
+        *schedule(rc),
         k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
         confusion_images(xv, yv, run_dir / "tensorboard"),
+        k.callbacks.CSVLogger(str(run_dir / TRAINING_HISTORY_FILE), append=True),
     ]
     history = model.fit(
         train,
@@ -140,9 +112,15 @@ def train_arrays(
     yv: npt.NDArray[np.int_],
     run_dir: Path,
     model: Any | None = None,
+    boxes: Sequence[Box | None] | None = None,
+    synthetic: tuple[npt.NDArray[np.float32], Sequence[Box]] | None = None,
 ) -> Trained:
     """The training recipe itself: build, fit (two phases for a pretrained backbone). ``model``: go on
-    training that one instead of building a new one. Calibration comes later, on the converted network."""
+    training that one instead of building a new one. ``boxes``: where the mark is on each of ``x``, when
+    known; ``synthetic``: more present inputs and their marks' boxes (composited artwork). Calibration
+    comes later, on the converted network."""
+    xs, boxes_s = synthetic if synthetic is not None else (x[:0], [])
+    boxes = list(boxes) if boxes is not None else [None] * len(x)
     if model is not None:
         built = Built(model, None, "continued")
     else:
@@ -152,20 +130,33 @@ def train_arrays(
         # their mirror images, the lossless part of the augmentation) and the MIL head trains on them
         started = time.monotonic()
         copies = MIRRORS if rc.augment.flip else MIRRORS[:1]
-        f = np.concatenate([feature_maps(built.preprocess, mirror(x)) for mirror in copies])
-        fy = np.tile(y, len(copies))
         fv = feature_maps(built.preprocess, xv)
+        grid = (int(fv.shape[1]), int(fv.shape[2]))
+        stride = x.shape[1] / grid[0]
+        real = bags.bag_targets(y, boxes, grid, stride)
+        f = np.concatenate(  # float16: half the memory; the head reads them as float32
+            [feature_maps(built.preprocess, mirror(x)).astype(np.float16) for mirror in copies]
+            + [feature_maps(built.preprocess, xs).astype(np.float16)]
+        )
+        t = np.concatenate(
+            [mirror(real) for mirror in copies]
+            + [bags.bag_targets(np.ones(len(xs), np.int_), boxes_s, grid, stride)]
+        )
+        fy = np.concatenate([np.tile(y, len(copies)), np.ones(len(xs), np.int_)])
         log.info(
             "features.ready",
             maps=len(f),
+            synthetic=len(xs),
             shape=list(f.shape[1:]),
             seconds=round(time.monotonic() - started, 1),
         )
-        epochs_run = _fit(built.head, rc, f, fy, fv, yv, run_dir, rc.learning_rate, rc.epochs, 0, False)
-        del f, fv
+        epochs_run = fit_bags(built.head, rc, f, t, fy, fv, yv, run_dir)
+        del f, t, fv
     else:
+        if len(xs):  # no places to tell the mark's from: the composited frames are present frames
+            x, y = np.concatenate([x, xs]), np.concatenate([y, np.ones(len(xs), np.int_)])
         epochs_run = _fit(built.model, rc, x, y, xv, yv, run_dir, rc.learning_rate, rc.epochs, 0)
-    if built.base is not None and rc.fine_tune_epochs:
+    if built.base is not None and rc.fine_tune:
         trainable = unfreeze_top(built.base, rc.fine_tune_layers)
         log.info("fine_tune.start", trainable_layers=trainable)
         epochs_run = _fit(
@@ -177,7 +168,7 @@ def train_arrays(
             yv,
             run_dir,
             rc.fine_tune_learning_rate,
-            rc.fine_tune_epochs,
+            rc.fine_tune,
             epochs_run,
         )
     return Trained(

@@ -31,6 +31,16 @@ def choose_threshold(
     return float(thresholds[int(np.argmax(f1))])
 
 
+def operating_points(labels: npt.NDArray[np.int_], scores: npt.NDArray[np.float32]) -> list[list[float]]:
+    """Every (precision, recall) a threshold on these scores can give: what the gate compares."""
+    if len(set(labels.tolist())) < 2:
+        return []
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return [[round(float(p), 6), round(float(r), 6)] for p, r in zip(precision, recall, strict=True)]
+
+
 def build_report(
     version: str,
     threshold: float,
@@ -64,6 +74,7 @@ def build_report(
             "threshold_on_this_set": choose_threshold(labels, scores, policy, target_recall),
         },
         "threshold_table": table,
+        "operating_points": operating_points(labels, scores),
         "worst_false_positives": [
             {"file": str(i.path), "score": s} for s, i in sorted(negatives, key=lambda p: -p[0])[:worst]
         ],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,18 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Engine
 
 from inspectd import activations, labels, logs
-from inspectd.config import Config, GateConfig, ModelConfig, RetrainConfig
+from inspectd.config import Config, RetrainConfig
 from inspectd.decode import DecodeLimits
 from inspectd.infer import Inferencer, ModelLoadError, max_inputs_for
-from inspectd.registry import ModelRegistry, RegistryError, Tiling, write_meta
-from inspectd.tiles import View, region, view_for
+from inspectd.records import Box
+from inspectd.registry import (
+    HOLDOUT_FILE,
+    TRAINING_HISTORY_FILE,
+    ModelRegistry,
+    Tiling,
+    write_meta,
+)
+from inspectd.tiles import View, region
 from inspectd.train import report
-from inspectd.train.dataset import NotEnoughLabels, Split, folder_examples, load, score_frames, split
+from inspectd.train.assess import evaluate_items, load_registered
+from inspectd.train.composite import Artwork, ArtworkError, load_artwork, synthesize
+from inspectd.train.dataset import Split, gather, load, split
 from inspectd.train.export import Converted, convert, export_version
 from inspectd.train.fit import Trained, train_arrays
+from inspectd.train.gate import gate
+from inspectd.train.geometry import geometric, source_copies
+from inspectd.train.progress import progress
 from inspectd.train.tf import keras, tensorflow
 from inspectd.train.tiled import train_tiled
 
@@ -40,37 +55,6 @@ class Outcome:
     # the gate passed (or --force) but the active model changed during the run, how (the version is
     # installed, not activated: it was compared with a model that is no longer the active one)
     superseded: str | None = None
-
-
-def gate(candidate: dict[str, Any], active: dict[str, Any] | None, rules: GateConfig) -> tuple[bool, str]:
-    if active is None:
-        return True, "no active model to compare with"
-    c, a = candidate["metrics"], active["metrics"]
-    recall_drop = a["recall"] - c["recall"]
-    auc_drop = (a["roc_auc"] or 0.0) - (c["roc_auc"] or 0.0)
-    facts = (
-        f"recall {c['recall']:.4f} vs {a['recall']:.4f}, ROC-AUC {c['roc_auc']:.4f} vs {a['roc_auc']:.4f} "
-        f"(allowed drops {rules.max_recall_drop}, {rules.max_roc_auc_drop})"
-    )
-    if recall_drop > rules.max_recall_drop + 1e-12 or auc_drop > rules.max_roc_auc_drop + 1e-12:
-        return False, "candidate is worse than the active model: " + facts
-    return True, "candidate is no worse than the active model: " + facts
-
-
-def gather(engine: Engine, cfg: Config, data: Path | None) -> list[labels.Labeled]:
-    sync = labels.sync_folders(engine, cfg.paths.labels, cfg.watch.extensions, by="label-folder")
-    log.info(
-        "labels.synced",
-        linked=sync.linked,
-        added=sync.added,
-        relabeled=sync.relabeled,
-        skipped=len(sync.skipped),
-    )
-    items = {i.sha256: i for i in labels.labeled_examples(engine)}
-    if data is not None:
-        for item in folder_examples(data, cfg.watch.extensions):
-            items.setdefault(item.sha256, item)
-    return list(items.values())
 
 
 AUTO_INPUT_MAX = 256  # retrain.input_size = 0: at most this many pixels per side
@@ -119,7 +103,13 @@ def calibrate_converted(
 def retrain(
     cfg: Config, engine: Engine, data: Path | None, force: bool, overrides: dict[str, Any]
 ) -> Outcome:
+    artwork = overrides.pop("symbol", None)
     rc = cfg.retrain.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if artwork is not None:
+        rc = rc.model_copy(update={"symbol": rc.symbol.model_copy(update={"artwork": artwork})})
+    art = load_artwork(rc.symbol.artwork) if rc.symbol.artwork is not None else None
+    if art is not None and rc.tile is not None:
+        raise ArtworkError("retrain.symbol: composited marks train whole frames; unset retrain.tile")
     started = time.monotonic()
     tensorflow(threads=os.cpu_count() or 1)
     k = keras()
@@ -152,8 +142,14 @@ def retrain(
     else:
         view = View(size, cfg.model.roi)
         x, y, _ = load(parts.train, view, limits)
+        if geometric(rc.augment) and rc.augment.source_copies:
+            x, y = _with_source_copies(rc, parts.train, x, y, size, cfg.model.roi)
         xv, yv, _ = load(parts.validation, view, limits)
-        trained = train_arrays(rc, x, y, xv, yv, run_dir)
+        synthetic = None
+        if art is not None:  # into the training split's absent images only
+            synthetic = _synthesize(rc, art, [i for i in parts.train if i.label == 0], size, cfg.model.roi)
+        trained = train_arrays(rc, x, y, xv, yv, run_dir, synthetic=synthetic)
+        del synthetic
     trained.model.save(run_dir / "model.keras")
     converted, calibration, threshold = calibrate_converted(trained, rc, size)
     training = {
@@ -182,16 +178,18 @@ def retrain(
         Tiling(tile=rc.tile, overlap=rc.tile_overlap) if rc.tile else None,
     )
 
+    _keep_with_version(candidate_dir, run_dir, parts.holdout)
+
     # the same holdout for both models, each through its own preprocessing size and threshold; the
     # candidate with every check the daemon runs on this station, since it may be activated below
     candidate = Inferencer.load(candidate_dir, 0, max_inputs_for(meta, cfg.model, cfg.batch.max_size))
-    cand_report = _evaluate_items(
+    cand_report = evaluate_items(
         candidate, parts.holdout, limits, rc, run_dir / "holdout-candidate", cfg.model
     )
     act_report: dict[str, Any] | None = None
     try:
-        active = _load_registered(registry, active_version)
-        act_report = _evaluate_items(active, parts.holdout, limits, rc, run_dir / "holdout-active", cfg.model)
+        active = load_registered(registry, active_version)
+        act_report = evaluate_items(active, parts.holdout, limits, rc, run_dir / "holdout-active", cfg.model)
     except ModelLoadError as exc:
         log.warning("active_model.unusable", version=active_version, error=str(exc))
     passed, decision = gate(cand_report, act_report, rc.gate)
@@ -244,56 +242,57 @@ def retrain(
     return Outcome(version, run_dir, promoted, decision, cand_report, act_report, superseded)
 
 
-def _load_registered(registry: ModelRegistry, version: str) -> Inferencer:
-    """A registry version for evaluation (every core), its name and metadata checked; ModelLoadError."""
-    try:
-        return Inferencer.load(registry.version_dir(version), version=version)
-    except RegistryError as exc:
-        raise ModelLoadError(str(exc)) from None
+def _keep_with_version(version_dir: Path, run_dir: Path, holdout: list[labels.Labeled]) -> None:
+    """The Keras history, and the holdout the gate compares on (content hash, label, where it was)."""
+    if (run_dir / TRAINING_HISTORY_FILE).is_file():
+        shutil.copyfile(run_dir / TRAINING_HISTORY_FILE, version_dir / TRAINING_HISTORY_FILE)
+    with open(version_dir / HOLDOUT_FILE, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sha256", "label", "source", "path"])
+        for item in sorted(holdout, key=lambda i: i.sha256):
+            writer.writerow([item.sha256, "present" if item.label else "absent", item.source, item.path])
 
 
-def evaluate_version(
-    cfg: Config, engine: Engine, version: str | None, data: Path | None
-) -> tuple[dict[str, Any], Path]:
-    """`inspectd eval`: a version (default: the active one) on a labeled folder, or on the holdout split of
-    the labeled images (the split retrain uses)."""
-    registry = ModelRegistry(cfg.paths.models)
-    version = version or activations.wanted(cfg.model, engine, cfg.station.name, registry).version
-    if version is None:
-        raise ModelLoadError("the registry has no active version; name one")
-    inferencer = _load_registered(registry, version)
-    rc = cfg.retrain
-    if data is not None:
-        items = folder_examples(data, cfg.watch.extensions)
-        where = str(data)
-    else:
-        items = split(
-            gather(engine, cfg, None), rc.holdout_fraction, rc.validation_fraction, rc.seed, 2
-        ).holdout
-        where = "holdout"
-    if len({i.label for i in items}) < 2:
-        raise NotEnoughLabels(f"{where}: need labeled images of both classes to evaluate")
-    limits = DecodeLimits(cfg.decode.max_pixels, cfg.decode.max_file_bytes)
-    out = cfg.paths.runs / f"eval-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    return _evaluate_items(inferencer, items, limits, rc, out, cfg.model, data=where), out
-
-
-def _evaluate_items(
-    inferencer: Inferencer,
-    items: list[labels.Labeled],
-    limits: DecodeLimits,
+def _with_source_copies(
     rc: RetrainConfig,
-    out: Path,
-    model_cfg: ModelConfig,
-    data: str | None = None,
-) -> dict[str, Any]:
-    """Score ``items`` per frame, as the daemon would, and write the report and plots to ``out``."""
-    view = view_for(inferencer.meta, model_cfg.roi, model_cfg.tile, model_cfg.tile_overlap)
-    scores, y, kept, _ = score_frames(inferencer, items, limits, view, model_cfg.tile_reduce)
-    result = report.build_report(
-        inferencer.version, inferencer.meta.threshold, y, scores, kept, rc.threshold_policy, rc.target_recall
+    train: list[labels.Labeled],
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int_],
+    size: tuple[int, int],
+    roi: tuple[float, float, float, float] | None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_]]:
+    """The training frames and their geometric copies, made at the source resolution (geometry.py)."""
+    started = time.monotonic()
+    total = len(train) * rc.augment.source_copies
+    made = list(progress(source_copies(train, rc.augment, size, roi, rc.seed), "augmenting", total))
+    log.info("augment.source_copies", images=len(made), seconds=round(time.monotonic() - started, 1))
+    if not made:
+        return x, y
+    return (
+        np.concatenate([x, np.stack([image for image, _ in made])]),
+        np.concatenate([y, np.array([label for _, label in made], np.int_)]),
     )
-    if data is not None:
-        result["data"] = data
-    report.write(out, result, y, scores)
-    return result
+
+
+def _synthesize(
+    rc: RetrainConfig,
+    art: Artwork,
+    absent: list[labels.Labeled],
+    size: tuple[int, int],
+    roi: tuple[float, float, float, float] | None,
+) -> tuple[npt.NDArray[np.float32], list[Box]]:
+    started = time.monotonic()
+    x = np.zeros((rc.symbol.count, *size, 1), np.float32)
+    boxes: list[Box] = []
+    made = synthesize(absent, art, rc.symbol, rc.symbol.count, size, roi, rc.seed)
+    for i, (image, box) in enumerate(progress(made, "compositing", rc.symbol.count)):
+        x[i] = image
+        boxes.append(box)
+    log.info(
+        "symbol.composited",
+        artwork=art.source,
+        images=len(boxes),
+        backgrounds=len(absent),
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return x[: len(boxes)], boxes
