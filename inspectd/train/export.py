@@ -102,18 +102,27 @@ def convert(
         }
         if quantize == "none":
             return Converted(floating.content, input_size, "none", fidelity)
-        quantized = Converted(_flatbuffer(saved, quantize, representative), input_size, quantize, {})
-    q_logits = quantized.logits(check_x)
-    fidelity["quantized_auc"] = _auc(check_y, q_logits)
-    float_auc, q_auc = fidelity["float_auc"], fidelity["quantized_auc"]
-    drop = float_auc - q_auc if float_auc is not None and q_auc is not None else 0.0
-    fidelity["quantized_size_bytes"] = len(quantized.content)
-    if not np.all(np.isfinite(q_logits)) or drop > max_auc_drop:
-        fidelity["refused"] = f"{quantize} quantization lost {drop:.4f} of validation ROC-AUC"
-        log.warning("quantize.refused", mode=quantize, auc_drop=round(drop, 5), max_drop=max_auc_drop)
-        return Converted(floating.content, input_size, "none", fidelity)
-    log.info("quantize.accepted", mode=quantize, auc_drop=round(drop, 5), size_bytes=len(quantized.content))
-    return Converted(quantized.content, input_size, quantize, fidelity)
+        # int8 first; when it loses ranking, int8 weights with float activations, then float
+        modes: list[Quantize] = [quantize, "dynamic"] if quantize == "int8" else [quantize]
+        candidates = [(mode, _flatbuffer(saved, mode, representative)) for mode in modes]
+    refusals: list[str] = []
+    for mode, content in candidates:
+        quantized = Converted(content, input_size, mode, {})
+        q_logits = quantized.logits(check_x)
+        q_auc = _auc(check_y, q_logits)
+        float_auc = fidelity["float_auc"]
+        drop = float_auc - q_auc if float_auc is not None and q_auc is not None else 0.0
+        if not np.all(np.isfinite(q_logits)) or drop > max_auc_drop:
+            refusals.append(f"{mode} quantization lost {drop:.4f} of validation ROC-AUC")
+            log.warning("quantize.refused", mode=mode, auc_drop=round(drop, 5), max_drop=max_auc_drop)
+            continue
+        fidelity.update(quantized_auc=q_auc, quantized_size_bytes=len(content))
+        if refusals:
+            fidelity["refused"] = "; ".join(refusals)
+        log.info("quantize.accepted", mode=mode, auc_drop=round(drop, 5), size_bytes=len(content))
+        return Converted(content, input_size, mode, fidelity)
+    fidelity["refused"] = "; ".join(refusals)
+    return Converted(floating.content, input_size, "none", fidelity)
 
 
 def export_version(
