@@ -19,9 +19,12 @@ on retrain's validation split; the tutorial: 0.5), the best F1 any threshold rea
 the gap to it, training time and the peak RSS of the training process. JSON goes to
 bench-results/quality.json, each run's logs and eval report to bench-results/quality/.
 
-Recipes: ``--recipe NAME=FLAGS`` adds (or replaces) one, FLAGS being extra ``inspectd retrain`` flags, e.g.
-``--recipe "mnv3-224=--backbone mobilenet_v3_small --input-size 224"``, and ``INSPECTD_SECTION__KEY=VALUE``
-words: configuration overrides for that retrain, e.g.
+Recipes (RECIPES): the tutorial, the previous default (a small CNN at 128 px), the default command, and
+the default with ``--symbol`` (the word ``@symbol`` in FLAGS: the symbol's first glyph rendered from a
+training-side font, written to ``DATA/<symbol>/artwork.png``). ``--recipe NAME=FLAGS`` adds (or
+replaces) one, FLAGS being extra ``inspectd retrain`` flags, e.g. ``--recipe "mnv3-224=--backbone
+mobilenet_v3_small --input-size 224"``, and ``INSPECTD_SECTION__KEY=VALUE`` words: configuration
+overrides for that retrain, e.g.
 ``--recipe "tiles-96=@boxes INSPECTD_RETRAIN__TILE=96 --input-size 96"``, where the word ``@boxes``
 imports the symbols' boxes first (``inspectd label --import TRAIN/labels.csv``: tiled training needs
 them, and ``--data`` carries none); ``--skip NAME`` drops one.

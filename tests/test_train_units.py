@@ -69,6 +69,16 @@ def test_a_composite_changes_only_its_box_and_respects_the_size_range(tmp_path: 
     assert np.array_equal(again[0], composite(background, art, cfg, np.random.default_rng(7))[0])
 
 
+def test_artwork_too_thin_for_the_size_is_a_clear_error(tmp_path: Path) -> None:
+    art = np.full((400, 400), 255, np.uint8)
+    cv2.line(art, (0, 0), (399, 399), 0, 1)  # a hairline: gone when drawn 8 px across
+    assert cv2.imwrite(str(tmp_path / "hair.png"), art)
+    thin = load_artwork(tmp_path / "hair.png")
+    cfg = SymbolConfig(size=(0.05, 0.05), blur_sigma=0.0)
+    with pytest.raises(ArtworkError, match="strokes vanish"):
+        composite(np.full((160, 160), 128, np.uint8), thin, cfg, np.random.default_rng(0))
+
+
 def test_synthesize_draws_into_the_given_absent_images_and_boxes_follow_the_resize(tmp_path: Path) -> None:
     art = load_artwork(_cross(tmp_path / "art.png"))
     items = []

@@ -76,8 +76,13 @@ def load_artwork(path: Path) -> Artwork:
 def _warp(art: Artwork, side: float, cfg: SymbolConfig, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """The mask at SUPERSAMPLE times ``side`` pixels (its longer side), turned, sheared, stretched, its
     strokes thickened or thinned; cropped to the ink."""
-    h, w = art.mask.shape
-    scale = SUPERSAMPLE * side / max(h, w)
+    mask = art.mask
+    scale = SUPERSAMPLE * side / max(mask.shape)
+    if scale < 1:  # reduced by area first: a warp that shrinks samples the strokes and drops thin ones
+        reduced = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+        mask = cv2.resize(mask, reduced, interpolation=cv2.INTER_AREA)
+        scale = SUPERSAMPLE * side / max(mask.shape)
+    h, w = mask.shape
     aspect = float(np.exp(rng.uniform(-np.log(1 + cfg.aspect), np.log(1 + cfg.aspect))))
     angle = np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
     shear = np.tan(np.deg2rad(rng.uniform(-cfg.shear_deg, cfg.shear_deg)))
@@ -92,7 +97,7 @@ def _warp(art: Artwork, side: float, cfg: SymbolConfig, rng: np.random.Generator
     pad = 2 * SUPERSAMPLE + 2
     matrix = np.hstack([linear, (pad - lo)[:, None]])
     size = (int(np.ceil(hi[0] - lo[0])) + 2 * pad, int(np.ceil(hi[1] - lo[1])) + 2 * pad)
-    out = cv2.warpAffine(art.mask, matrix, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    out = cv2.warpAffine(mask, matrix, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
     stroke = round(rng.uniform(-cfg.stroke, cfg.stroke) * SUPERSAMPLE * side / 16)
     if stroke:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(stroke) + 1,) * 2)
@@ -121,6 +126,8 @@ def composite(
         mask = cv2.GaussianBlur(mask, (0, 0), blur)
     ys, xs = np.nonzero(mask > 0.1)
     if len(xs) == 0:  # thinned or hidden away entirely: draw it again, plainly
+        if cfg.occlusion == 0.0 and cfg.stroke == 0.0:
+            raise ArtworkError(f"{art.source}: its strokes vanish at {side:.0f} px; raise symbol.size")
         return composite(background, art, cfg.model_copy(update={"occlusion": 0.0, "stroke": 0.0}), rng)
     mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     mh, mw = mask.shape
