@@ -80,7 +80,7 @@ def _warp(art: Artwork, side: float, cfg: SymbolConfig, rng: np.random.Generator
     scale = SUPERSAMPLE * side / max(mask.shape)
     if scale < 1:  # reduced by area first: a warp that shrinks samples the strokes and drops thin ones
         reduced = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
-        mask = cv2.resize(mask, reduced, interpolation=cv2.INTER_AREA)
+        mask = np.asarray(cv2.resize(mask, reduced, interpolation=cv2.INTER_AREA), np.float32)
         scale = SUPERSAMPLE * side / max(mask.shape)
     h, w = mask.shape
     aspect = float(np.exp(rng.uniform(-np.log(1 + cfg.aspect), np.log(1 + cfg.aspect))))
