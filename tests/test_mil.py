@@ -31,6 +31,11 @@ def test_input_size_chosen_from_the_images(tmp_path: Path) -> None:
     assert auto_input_size(_items(tmp_path, [(1280, 1024)] * 3), None, None) == AUTO_INPUT_MAX
     assert auto_input_size(_items(tmp_path, [(1280, 1024)] * 3), None, (0, 0, 96, 96)) == 96  # the ROI
     assert auto_input_size([], 96, None) == 96  # tiles at their own resolution
+    from tests.images import png_bomb
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb(100_000, 100_000))  # its header is not a size to use
+    bomb = Labeled(tmp_path / "bomb.png", 0, "bomb", "folder")
+    assert auto_input_size([*_items(tmp_path, [(200, 150)] * 5), bomb], None, None) == 208
     from inspectd.config import RetrainConfig
 
     with pytest.raises(ValueError, match="at least 32"):

@@ -370,6 +370,11 @@ def test_retrain_with_the_marks_artwork(upgraded: Workspace, tmp_path: Path) -> 
         }
     )
     data = make_dataset(upgraded, tmp_path / "data", 100, 9)
+    from tests.images import png_bomb
+
+    # a labeled image the decode stage refuses (a decompression bomb) is neither a background for the
+    # artwork nor a source of geometric copies: it is left out, as everywhere else in training
+    (data / "absent" / "bomb.png").write_bytes(png_bomb(100_000, 100_000))
     result = upgraded.cli(
         "retrain", "--data", str(data), "--symbol", str(tmp_path / "mark.png"), "--force", timeout=600
     )

@@ -48,6 +48,13 @@ def test_artwork_that_shows_no_mark_is_refused(tmp_path: Path) -> None:
         load_artwork(tmp_path / "junk.png")
     with pytest.raises(ArtworkError, match="not a readable image"):
         load_artwork(tmp_path / "missing.png")
+    from tests.images import png_bomb
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb(100_000, 100_000))  # over OpenCV's own pixel limit
+    with pytest.raises(ArtworkError, match="not a readable image"):
+        load_artwork(tmp_path / "bomb.png")
+    with pytest.raises(ArtworkError, match="not a readable image"):
+        load_artwork(tmp_path)  # a folder
 
 
 def test_a_composite_changes_only_its_box_and_respects_the_size_range(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from inspectd.labels import Labeled
 from inspectd.preprocess import preprocess, to_gray
 from inspectd.records import Box
 from inspectd.tiles import region
-from inspectd.train.geometry import gray8
+from inspectd.train.geometry import gray8, read_image
 
 SUPERSAMPLE = 4
 
@@ -44,8 +44,7 @@ def load_artwork(path: Path) -> Artwork:
     """A PNG (or any image OpenCV reads): its alpha channel when it has one that varies, else its
     gray levels, the ink being the side of Otsu's threshold with fewer pixels (a dark mark on white or a
     light one on black alike); anti-aliased edges keep their partial coverage."""
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
+    image = read_image(path)
     if image is None:
         raise ArtworkError(f"{path}: not a readable image")
     if image.dtype == np.uint16:

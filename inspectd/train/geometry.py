@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,10 +24,21 @@ from inspectd.preprocess import preprocess, to_gray
 from inspectd.tiles import region
 
 
+def read_image(path: Path) -> npt.NDArray[Any] | None:
+    """An image file decoded as it is (channels and depth kept), or None when it cannot be read or
+    decoded (missing, unreadable, not an image, over OpenCV's own pixel limit). Training frames reach
+    this only once the daemon's decode stage has accepted them (retrain passes only those)."""
+    try:
+        data = np.fromfile(path, np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except (OSError, cv2.error):
+        return None
+    return image
+
+
 def gray8(path: Path) -> npt.NDArray[np.uint8] | None:
     """A frame as 8-bit grayscale (16-bit frames reduced), or None when it cannot be read."""
-    data = np.fromfile(path, np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = read_image(path)
     if image is None:
         return None
     gray = to_gray(image)

@@ -103,8 +103,10 @@ def calibrate_converted(
 def retrain(
     cfg: Config, engine: Engine, data: Path | None, force: bool, overrides: dict[str, Any]
 ) -> Outcome:
-    artwork = overrides.pop("symbol", None)
-    rc = cfg.retrain.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    artwork = overrides.get("symbol")
+    rc = cfg.retrain.model_copy(
+        update={k: v for k, v in overrides.items() if v is not None and k != "symbol"}
+    )
     if artwork is not None:
         rc = rc.model_copy(update={"symbol": rc.symbol.model_copy(update={"artwork": artwork})})
     art = load_artwork(rc.symbol.artwork) if rc.symbol.artwork is not None else None
@@ -141,13 +143,15 @@ def retrain(
         trained = train_tiled(rc, cfg.model.roi, parts.train, parts.validation, limits, run_dir)
     else:
         view = View(size, cfg.model.roi)
-        x, y, _ = load(parts.train, view, limits)
+        # the frames the decode stage accepted (its pixel, size and ROI limits): the geometric copies and
+        # the composites are made from them alone, re-read at their source resolution
+        x, y, decodable = load(parts.train, view, limits)
         if geometric(rc.augment) and rc.augment.source_copies:
-            x, y = _with_source_copies(rc, parts.train, x, y, size, cfg.model.roi)
+            x, y = _with_source_copies(rc, decodable, x, y, size, cfg.model.roi)
         xv, yv, _ = load(parts.validation, view, limits)
         synthetic = None
         if art is not None:  # into the training split's absent images only
-            synthetic = _synthesize(rc, art, [i for i in parts.train if i.label == 0], size, cfg.model.roi)
+            synthetic = _synthesize(rc, art, [i for i in decodable if i.label == 0], size, cfg.model.roi)
         trained = train_arrays(rc, x, y, xv, yv, run_dir, synthetic=synthetic)
         del synthetic
     trained.model.save(run_dir / "model.keras")
