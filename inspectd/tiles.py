@@ -38,10 +38,9 @@ def view_for(meta: ModelMeta, station: ModelConfig | None = None) -> View:
     tile`` when set (a whole-frame model used on tiles whose scale matches its training frames), else the
     version's own tiling, else none. The one place a view is made for a version."""
     roi = station.roi if station is not None else None
-    tile = station.tile if station is not None else None
-    if tile is not None:
-        overlap = station.tile_overlap if station is not None else None
-        return View(meta.input_size, roi, tile, 0.25 if overlap is None else overlap)
+    if station is not None and station.tile is not None:
+        overlap = 0.25 if station.tile_overlap is None else station.tile_overlap
+        return View(meta.input_size, roi, station.tile, overlap)
     if meta.tiling is not None:
         return View(meta.input_size, roi, meta.tiling.tile, meta.tiling.overlap)
     return View(meta.input_size, roi)

@@ -102,25 +102,25 @@ def convert(
         }
         if quantize == "none":
             return Converted(floating.content, input_size, "none", fidelity)
-        # int8 first; when it loses ranking, int8 weights with float activations, then float
+        # int8 first; when it loses ranking, int8 weights with float activations, then float. Each is
+        # converted only when the one before it was refused.
         modes: list[Quantize] = [quantize, "dynamic"] if quantize == "int8" else [quantize]
-        candidates = [(mode, _flatbuffer(saved, mode, representative)) for mode in modes]
-    refusals: list[str] = []
-    for mode, content in candidates:
-        quantized = Converted(content, input_size, mode, {})
-        q_logits = quantized.logits(check_x)
-        q_auc = _auc(check_y, q_logits)
+        refusals: list[str] = []
         float_auc = fidelity["float_auc"]
-        drop = float_auc - q_auc if float_auc is not None and q_auc is not None else 0.0
-        if not np.all(np.isfinite(q_logits)) or drop > max_auc_drop:
-            refusals.append(f"{mode} quantization lost {drop:.4f} of validation ROC-AUC")
-            log.warning("quantize.refused", mode=mode, auc_drop=round(drop, 5), max_drop=max_auc_drop)
-            continue
-        fidelity.update(quantized_auc=q_auc, quantized_size_bytes=len(content))
-        if refusals:
-            fidelity["refused"] = "; ".join(refusals)
-        log.info("quantize.accepted", mode=mode, auc_drop=round(drop, 5), size_bytes=len(content))
-        return Converted(content, input_size, mode, fidelity)
+        for mode in modes:
+            content = _flatbuffer(saved, mode, representative)
+            q_logits = Converted(content, input_size, mode, {}).logits(check_x)
+            q_auc = _auc(check_y, q_logits)
+            drop = float_auc - q_auc if float_auc is not None and q_auc is not None else 0.0
+            if not np.all(np.isfinite(q_logits)) or drop > max_auc_drop:
+                refusals.append(f"{mode} quantization lost {drop:.4f} of validation ROC-AUC")
+                log.warning("quantize.refused", mode=mode, auc_drop=round(drop, 5), max_drop=max_auc_drop)
+                continue
+            fidelity.update(quantized_auc=q_auc, quantized_size_bytes=len(content))
+            if refusals:
+                fidelity["refused"] = "; ".join(refusals)
+            log.info("quantize.accepted", mode=mode, auc_drop=round(drop, 5), size_bytes=len(content))
+            return Converted(content, input_size, mode, fidelity)
     fidelity["refused"] = "; ".join(refusals)
     return Converted(floating.content, input_size, "none", fidelity)
 

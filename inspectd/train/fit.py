@@ -112,15 +112,12 @@ def train_arrays(
     yv: npt.NDArray[np.int_],
     run_dir: Path,
     model: Any | None = None,
-    boxes: Sequence[Box | None] | None = None,
     synthetic: tuple[npt.NDArray[np.float32], Sequence[Box]] | None = None,
 ) -> Trained:
     """The training recipe itself: build, fit (two phases for a pretrained backbone). ``model``: go on
-    training that one instead of building a new one. ``boxes``: where the mark is on each of ``x``, when
-    known; ``synthetic``: more present inputs and their marks' boxes (composited artwork). Calibration
-    comes later, on the converted network."""
+    training that one instead of building a new one. ``synthetic``: more present inputs and their marks'
+    boxes (composited artwork). Calibration comes later, on the converted network."""
     xs, boxes_s = synthetic if synthetic is not None else (x[:0], [])
-    boxes = list(boxes) if boxes is not None else [None] * len(x)
     if model is not None:
         built = Built(model, None, "continued")
     else:
@@ -133,7 +130,7 @@ def train_arrays(
         fv = feature_maps(built.preprocess, xv)
         grid = (int(fv.shape[1]), int(fv.shape[2]))
         stride = x.shape[1] / grid[0]
-        real = bags.bag_targets(y, boxes, grid, stride)
+        real = bags.bag_targets(y, [None] * len(y), grid, stride)  # real frames: no boxes
         f = np.concatenate(  # float16: half the memory; the head reads them as float32
             [feature_maps(built.preprocess, mirror(x)).astype(np.float16) for mirror in copies]
             + [feature_maps(built.preprocess, xs).astype(np.float16)]

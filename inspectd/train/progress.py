@@ -23,23 +23,16 @@ def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterato
         return
     started = last = time.monotonic()
     done = 0
+
+    def report(now: float) -> None:
+        meter = tqdm.format_meter(done, total, now - started)
+        log.info("progress", step=what, done=done, total=total, meter=meter)
+
     for item in items:
         yield item
         done += 1
         now = time.monotonic()
         if now - last >= LOG_EVERY_S:
             last = now
-            log.info(
-                "progress",
-                step=what,
-                done=done,
-                total=total,
-                meter=tqdm.format_meter(done, total, now - started),
-            )
-    log.info(
-        "progress",
-        step=what,
-        done=done,
-        total=total,
-        meter=tqdm.format_meter(done, total, time.monotonic() - started),
-    )
+            report(now)
+    report(time.monotonic())
