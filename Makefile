@@ -9,7 +9,7 @@ QUALITY_APT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-urw-base35 fo
   fonts-freefont-ttf fonts-noto-core fonts-texgyre fonts-croscore fonts-crosextra-carlito fonts-cantarell \
   fonts-roboto-unhinted fonts-symbola fonts-stix mate-backgrounds
 
-.PHONY: run test lint typecheck unit bench bench-scaleout bench-recipes bench-quality bench-small soak bundled-model clean system-deps
+.PHONY: run test lint typecheck unit bench bench-compare bench-scaleout bench-recipes bench-quality bench-small soak bundled-model clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test: lint typecheck unit
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# no regression against an older commit, the two daemons' bursts alternated: make bench-compare AGAINST=HEAD~1
+bench-compare: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.compare --against $(or $(AGAINST),HEAD) $(BENCH_ARGS)
 
 bench-scaleout: $(VENV)/.dev system-deps
 	pg_virtualenv -t $(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)

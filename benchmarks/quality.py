@@ -153,11 +153,11 @@ def score_version(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int_]]:
     """Per-image scores of a registry version on a labeled folder, through the daemon's decode and LiteRT
     path (``inspectd eval`` writes no per-image scores; the best F1 on the test set needs them)."""
-    from inspectd.decode import DecodeLimits
-    from inspectd.infer import Inferencer
-    from inspectd.registry import ModelRegistry
-    from inspectd.tiles import view_for
-    from inspectd.train.dataset import folder_examples, score_frames
+    from inspectd.core.registry import ModelRegistry
+    from inspectd.core.tiles import view_for
+    from inspectd.daemon.intake.decode import DecodeLimits
+    from inspectd.model.runtime import Inferencer
+    from inspectd.train.data.dataset import folder_examples, score_frames
 
     inferencer = Inferencer.load(ModelRegistry(models).version_dir(version))
     items = folder_examples(data, EXTENSIONS)
@@ -337,7 +337,7 @@ def _folder_arrays(folder: Path, size: int) -> tuple[npt.NDArray[np.float32], np
 def baseline(train: Path, test: Path, out: Path, epochs: int, seed: int) -> None:
     """The seed tutorial's recipe, trained on ``train`` (a stratified 20% held out for validation, as its
     training loop takes validation arrays) and tested on ``test`` at its sigmoid's 0.5."""
-    from inspectd.train.evaluate import binary_metrics
+    from inspectd.train.evaluate.metrics import binary_metrics
     from inspectd.train.tf import keras, tensorflow
 
     tensorflow(threads=os.cpu_count() or 1)
@@ -381,7 +381,7 @@ def baseline(train: Path, test: Path, out: Path, epochs: int, seed: int) -> None
     scores = np.asarray(model.predict(xt, verbose=0), np.float32).reshape(-1)
     top, top_threshold = best_f1(yt, scores)
     result = {
-        "metrics": binary_metrics(yt, scores, 0.5),
+        "metrics": binary_metrics(yt, scores, 0.5).as_dict(),
         "threshold": 0.5,
         "threshold_source": "fixed 0.5 (the tutorial's sigmoid output)",
         "best_f1_on_test": top,

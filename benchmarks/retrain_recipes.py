@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inspectd.config import AugmentConfig, RetrainConfig
-from inspectd.infer import sigmoid
-from inspectd.synth import SynthSpec
-from inspectd.train.data import synthetic_arrays
-from inspectd.train.evaluate import binary_metrics
-from inspectd.train.fit import keras_logits, train_arrays
-from inspectd.train.report import calibrate
+from inspectd.core.retrain_config import AugmentConfig, RetrainConfig
+from inspectd.model.runtime import sigmoid
+from inspectd.ops.synth import SynthSpec
+from inspectd.train.data.arrays import synthetic_arrays
+from inspectd.train.evaluate.metrics import binary_metrics
+from inspectd.train.evaluate.report import calibrate
+from inspectd.train.fit.frames import keras_logits, train_arrays
 from inspectd.train.tf import keras, tensorflow
 
 TRAIN = SynthSpec(
@@ -98,7 +98,7 @@ def main() -> None:
     baseline = seed_style(resize(x, 64), y, args.seed_epochs)
     seed_seconds = time.monotonic() - started
     seed_scores = np.asarray(baseline.predict(resize(xt, 64), verbose=0), np.float32).reshape(-1)
-    seed_metrics = binary_metrics(yt, seed_scores, 0.5)
+    seed_metrics = binary_metrics(yt, seed_scores, 0.5).as_dict()
 
     # the small CNN (the retrain default before the MIL head on EfficientNet-Lite0: benchmarks/quality.py)
     rc = RetrainConfig(
@@ -110,7 +110,9 @@ def main() -> None:
         ours_seconds = time.monotonic() - started
     predict = keras_logits(trained.model)
     (a, b), threshold = calibrate(yv, predict(xv), rc.threshold_policy, rc.target_recall)
-    ours_metrics = binary_metrics(yt, sigmoid(np.float32(a) * predict(xt) + np.float32(b)), threshold)
+    ours_metrics = binary_metrics(
+        yt, sigmoid(np.float32(a) * predict(xt) + np.float32(b)), threshold
+    ).as_dict()
 
     result = {
         "train_images": args.train,

@@ -46,11 +46,11 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from inspectd import memory
-from inspectd.infer import Inferencer
-from inspectd.preprocess import preprocess
-from inspectd.registry import ModelRegistry, bundled_model_dir
-from inspectd.synth import SynthSpec, generate
+from inspectd.core.preprocess import preprocess
+from inspectd.core.registry import ModelRegistry, bundled_model_dir
+from inspectd.daemon import memory
+from inspectd.model.runtime import Inferencer
+from inspectd.ops.synth import SynthSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = SynthSpec(width=1280, height=1024, mark_min=96, mark_max=220)
@@ -105,7 +105,7 @@ class NaiveRow(NaiveBase):
 
 def naive(files: list[Path], tmp: Path) -> float:
     """What a user would write from the usual tutorials."""
-    from inspectd.train.model import small_cnn
+    from inspectd.train.nets.small import small_cnn
 
     engine = sa.create_engine(f"sqlite:///{tmp / 'naive.db'}")
     NaiveBase.metadata.create_all(engine)
@@ -126,8 +126,8 @@ def naive(files: list[Path], tmp: Path) -> float:
 def runtimes(batch: int = 32, repeats: int = 20, version: Path | None = None) -> dict[str, float]:
     """Milliseconds per image of the bundled network in each runtime, batch of ``batch``; with
     ``version`` (a version folder), that network as shipped (LiteRT) too."""
-    from inspectd.train.export import convert
-    from inspectd.train.model import small_cnn
+    from inspectd.train.convert import convert
+    from inspectd.train.nets.small import small_cnn
     from inspectd.train.tf import tensorflow
 
     tf = tensorflow()
@@ -177,15 +177,19 @@ def wait_ready(port: int, timeout: float | None = None) -> None:
 
 
 class Daemon:
-    def __init__(self, root: Path, port: int, model: Path | None = None) -> None:
+    def __init__(self, root: Path, port: int, model: Path | None = None, source: Path = ROOT) -> None:
+        """``source``: the checkout whose ``inspectd`` runs (benchmarks/compare.py runs an older one)."""
         self.root = root
         self.port = port
+        env = {**os.environ, "PYTHONPATH": str(source)}
         # the default config but for the port: logs at info, a JSON line per image (into daemon.log)
         (root / "config.toml").write_text(f'[http]\nlisten = "127.0.0.1:{port}"\n')
         subprocess.run(
             [sys.executable, "-m", "inspectd", "--config", str(root / "config.toml"), "db", "upgrade"],
             check=True,
             capture_output=True,
+            cwd=source,
+            env=env,
         )
         if model is not None:  # a version folder (a retrain's) instead of the bundled model
             registry = ModelRegistry(root / "var" / "models")
@@ -196,6 +200,8 @@ class Daemon:
             [sys.executable, "-m", "inspectd", "--config", str(root / "config.toml"), "run"],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
+            cwd=source,
+            env=env,
         )
         self.engine = sa.create_engine(f"sqlite:///{root / 'var' / 'inspectd.db'}")
         wait_ready(port)

@@ -26,13 +26,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inspectd.decode import DecodeLimits, decode
-from inspectd.infer import Inferencer
-from inspectd.records import Decoded, ReadyFile
-from inspectd.registry import bundled_model_dir
-from inspectd.synth import SynthSpec, generate
-from inspectd.tiles import View, overlap_ratio
-from inspectd.train.evaluate import binary_metrics
+from inspectd.core.records import Decoded, ReadyFile
+from inspectd.core.registry import bundled_model_dir
+from inspectd.core.tiles import View, overlap_ratio
+from inspectd.daemon.intake.decode import DecodeLimits, decode
+from inspectd.model.runtime import Inferencer
+from inspectd.ops.synth import SynthSpec, generate
+from inspectd.train.evaluate.metrics import binary_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = SynthSpec(width=1280, height=1024, mark_min=24, mark_max=55)
@@ -78,10 +78,10 @@ def evaluate(
     metrics = binary_metrics(np.array(labels), np.array(scores, np.float32), inferencer.meta.threshold)
     return {
         "tiles_per_frame": tiles,
-        "roc_auc": metrics["roc_auc"],
-        "f1": metrics["f1"],
-        "precision": metrics["precision"],
-        "recall": metrics["recall"],
+        "roc_auc": metrics.roc_auc,
+        "f1": metrics.f1,
+        "precision": metrics.precision,
+        "recall": metrics.recall,
         "box_hit_rate": float(np.mean(hits)) if hits else None,
         "boxes_checked": len(hits),
         "images_per_s_one_core": len(items) / elapsed,

@@ -7,9 +7,9 @@ import sys
 
 def main() -> None:
     if "run" in sys.argv[1:]:
-        from inspectd import signals
+        from inspectd.daemon import signals
 
         signals.catch_early()
-    from inspectd.cli import main as cli_main
+    from inspectd.ops.cli import main as cli_main
 
     cli_main()

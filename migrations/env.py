@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine, text
 
-from inspectd.db import Base, make_engine
+from inspectd.core.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from inspectd.synth import SynthSpec, generate
+from inspectd.ops.synth import SynthSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inspectd import archive
-from inspectd.records import FileId
+from inspectd.core.records import FileId
+from inspectd.daemon.commit import archive
 
 WHEN = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

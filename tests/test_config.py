@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.config import EX_CONFIG, Config, ConfigError, load_config, resolve_relative
+from inspectd.core.config import EX_CONFIG, Config, ConfigError, load_config, resolve_relative
 from tests.conftest import Workspace
 
 

@@ -7,8 +7,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from inspectd import db
-from inspectd.persist import Store
+from inspectd.core import db
+from inspectd.daemon.commit.persist import Store
 
 
 def row(content_hash: str, **extra: Any) -> dict[str, Any]:

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspectd.decode import DecodeLimits, decode
-from inspectd.preprocess import preprocess
-from inspectd.records import Decoded, ReadyFile, Rejected, Vanished
-from inspectd.tiles import View
+from inspectd.core.preprocess import preprocess
+from inspectd.core.records import Decoded, ReadyFile, Rejected, Vanished
+from inspectd.core.tiles import View
+from inspectd.daemon.intake.decode import DecodeLimits, decode
 from tests.images import encode, png_bomb
 
 LIMITS = DecodeLimits(max_pixels=50_000_000, max_file_bytes=10_000_000)
@@ -100,11 +100,11 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path: Path) -> None
     path.write_bytes(png_bomb(60_000, 60_000))
     code = (
         "import sys; from pathlib import Path; from datetime import datetime, UTC\n"
-        "from inspectd.decode import DecodeLimits, decode, install_pixel_limit\n"
-        "from inspectd.records import ReadyFile\n"
+        "from inspectd.daemon.intake.decode import DecodeLimits, decode, install_pixel_limit\n"
+        "from inspectd.core.records import ReadyFile\n"
         "install_pixel_limit(1_000_000)\n"
         "item = ReadyFile(Path(sys.argv[1]), 0.0, datetime.now(UTC))\n"
-        "from inspectd.tiles import View\n"
+        "from inspectd.core.tiles import View\n"
         "out = decode(item, DecodeLimits(1_000_000, 10**8), View((64, 64)))\n"
         "print(out.reason)\n"
     )
@@ -183,9 +183,28 @@ def test_one_preprocessing_function_for_daemon_and_training() -> None:
                 definers.append(f"{path.name}:{node.name}")
             if (
                 isinstance(node, ast.ImportFrom)
-                and node.module == "inspectd.preprocess"
+                and node.module == "inspectd.core.preprocess"
                 and any(alias.name == "preprocess" for alias in node.names)
             ):
                 users.add(str(path.relative_to(root)))
     assert definers == ["preprocess.py:preprocess"]
-    assert {"tiles.py", "train/data.py"} <= users  # tiles.py: the daemon's decode stage cuts through it
+    # core/tiles.py: the daemon's decode stage cuts through it
+    assert {"core/tiles.py", "train/data/arrays.py"} <= users
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [
+        (640, 512, None),
+        (8, 8, None),
+        (7, 640, "too_small"),
+        (400, 8, None),
+        (401, 8, "extreme_aspect_ratio"),
+        (1001, 1000, "too_many_pixels"),
+    ],
+)
+def test_shape_problem(width: int, height: int, reason: str | None) -> None:
+    from inspectd.daemon.intake.decode import shape_problem
+
+    problem = shape_problem(width, height, DecodeLimits(1_000_000, 1 << 20))
+    assert (problem[0] if problem else None) == reason

@@ -293,7 +293,7 @@ def test_sighup_during_start_up_is_not_a_silent_exit(upgraded: Workspace) -> Non
 
 @pytest.mark.parametrize(
     ("listen", "code"),
-    [("in-use", 75), ("192.0.2.1:9108", 78)],
+    [("in-use", 78), ("192.0.2.1:9108", 78)],
     ids=["address-in-use", "address-not-here"],
 )
 def test_start_up_errors_are_one_line_and_a_documented_code(
@@ -407,7 +407,7 @@ def test_images_that_decode_huge_are_decoded_within_the_memory_budget(
 def test_a_model_that_cannot_run_every_batch_is_refused_and_the_old_one_kept(
     daemon: Start, upgraded: Workspace
 ) -> None:
-    from inspectd.registry import ModelRegistry
+    from inspectd.core.registry import ModelRegistry
     from tests.test_model import fixed_batch_version
 
     proc = daemon()

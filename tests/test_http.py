@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from inspectd.config import HttpConfig
-from inspectd.httpserver import HttpServer, HttpStartError
+from inspectd.core.config import HttpConfig
+from inspectd.daemon.http import HttpServer, HttpStartError
 
 Checks = Callable[[], dict[str, bool]]
 

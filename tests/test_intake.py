@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from inspectd import batcher
-from inspectd import decode as decode_module
-from inspectd.budget import Reservation
-from inspectd.decode import DecodeLimits, decode_loaded
-from inspectd.intake import Intake, Prepared
-from inspectd.metrics import Metrics
-from inspectd.readiness import Readiness
-from inspectd.records import Changed, Decoded, Loaded, Rejected
-from inspectd.tiles import View
+from inspectd.core.records import Changed, Decoded, Loaded, Rejected
+from inspectd.core.tiles import View
+from inspectd.daemon.intake import batcher
+from inspectd.daemon.intake import decode as decode_module
+from inspectd.daemon.intake.budget import Reservation
+from inspectd.daemon.intake.decode import DecodeLimits, decode_loaded
+from inspectd.daemon.intake.readiness import Readiness
+from inspectd.daemon.intake.workers import Intake, Prepared
+from inspectd.daemon.metrics import Metrics
 from tests.conftest import png_bytes, wait_until, write_burst
 
 VIEW = View((128, 128))
@@ -146,7 +146,7 @@ def test_a_worker_survives_an_error_outside_any_file_and_gives_its_files_back(
 def test_the_memory_budget_lets_one_huge_decode_in_at_a_time() -> None:
     import threading
 
-    from inspectd.budget import MemoryBudget, OverBudget
+    from inspectd.daemon.intake.budget import MemoryBudget, OverBudget
 
     budget = MemoryBudget(100)
     order: list[str] = []

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.labels import Labeled
+from inspectd.ops.labels import Labeled
 
 pytestmark = pytest.mark.train
 
@@ -24,7 +24,7 @@ def _items(folder: Path, sizes: list[tuple[int, int]]) -> list[Labeled]:
 
 
 def test_input_size_chosen_from_the_images(tmp_path: Path) -> None:
-    from inspectd.train.retrain import AUTO_INPUT_MAX, auto_input_size
+    from inspectd.train.inputs import AUTO_INPUT_MAX, auto_input_size
 
     assert auto_input_size(_items(tmp_path, [(256, 256)] * 3 + [(640, 480)]), None, None) == 256
     assert auto_input_size(_items(tmp_path, [(200, 150)] * 5), None, None) == 208  # a multiple of 16
@@ -36,7 +36,7 @@ def test_input_size_chosen_from_the_images(tmp_path: Path) -> None:
     (tmp_path / "bomb.png").write_bytes(png_bomb(100_000, 100_000))  # its header is not a size to use
     bomb = Labeled(tmp_path / "bomb.png", 0, "bomb", "folder")
     assert auto_input_size([*_items(tmp_path, [(200, 150)] * 5), bomb], None, None) == 208
-    from inspectd.config import RetrainConfig
+    from inspectd.core.retrain_config import RetrainConfig
 
     with pytest.raises(ValueError, match="at least 32"):
         RetrainConfig(input_size=16)
@@ -45,10 +45,10 @@ def test_input_size_chosen_from_the_images(tmp_path: Path) -> None:
 def test_mil_networks_train_export_int8_and_run_in_litert(tmp_path: Path) -> None:
     """The MIL small CNN (any input size, one logit per frame: the best place's) and the pretrained MIL
     head, whose first phase trains on cached feature maps, then fine-tunes: both ship to LiteRT."""
-    from inspectd.config import RetrainConfig
-    from inspectd.infer import Inferencer
-    from inspectd.train.export import convert, export_version
-    from inspectd.train.fit import train_arrays
+    from inspectd.core.retrain_config import RetrainConfig
+    from inspectd.model.runtime import Inferencer
+    from inspectd.train.convert import convert, export_version
+    from inspectd.train.fit.frames import train_arrays
 
     rng = np.random.default_rng(0)
     x = rng.random((32, 64, 64, 1), dtype=np.float32) * 0.5

@@ -12,19 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspectd.config import ModelConfig
-from inspectd.infer import (
-    MAX_CHUNK,
-    Inferencer,
-    ModelLoadError,
-    Runner,
-    _chunks,
-    call_sizes,
-    max_inputs_for,
-    sigmoid,
-)
-from inspectd.preprocess import preprocess
-from inspectd.registry import (
+from inspectd.core.config import ModelConfig
+from inspectd.core.preprocess import preprocess
+from inspectd.core.registry import (
     MODEL_FILE,
     SELFTEST_FILE,
     ModelMeta,
@@ -36,7 +26,17 @@ from inspectd.registry import (
     read_meta,
     write_meta,
 )
-from inspectd.synth import SynthSpec, generate
+from inspectd.model.runtime import (
+    MAX_CHUNK,
+    Inferencer,
+    ModelLoadError,
+    Runner,
+    _chunks,
+    call_sizes,
+    max_inputs_for,
+    sigmoid,
+)
+from inspectd.ops.synth import SynthSpec, generate
 from tests.conftest import Workspace
 
 
@@ -151,9 +151,9 @@ def test_activate_is_atomic_and_checked(registry: ModelRegistry) -> None:
 
 def test_daemon_runtime_never_imports_tensorflow() -> None:
     code = (
-        "import sys, inspectd.daemon, inspectd.cli\n"
-        "from inspectd.infer import Inferencer\n"
-        "from inspectd.registry import bundled_model_dir\n"
+        "import sys, inspectd.daemon.lifecycle, inspectd.ops.cli\n"
+        "from inspectd.model.runtime import Inferencer\n"
+        "from inspectd.core.registry import bundled_model_dir\n"
         "Inferencer.load(bundled_model_dir())\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'\n"
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import quality_data as qd
-from inspectd.decode import DecodeLimits
-from inspectd.tiles import View
-from inspectd.train.dataset import folder_examples, load
+from inspectd.core.tiles import View
+from inspectd.daemon.intake.decode import DecodeLimits
+from inspectd.train.data.dataset import folder_examples, load
 
 SPEC = qd.SetSpec(train=10, train_present=4, test=8, test_present=3)
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -142,7 +142,7 @@ def test_recipes_take_extra_flags_and_configuration_overrides() -> None:
 def test_each_split_has_a_labels_csv_with_the_boxes_for_label_import(generated: Path) -> None:
     import csv
 
-    from inspectd.labels import parse_box
+    from inspectd.ops.labels import parse_box
 
     for symbol in SPEC.symbols:
         manifest = {r["file"]: r for r in qd.read_manifest(generated / symbol)}

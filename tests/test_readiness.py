@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.readiness import Readiness
-from inspectd.watcher import start_observer
+from inspectd.daemon.intake.readiness import Readiness
+from inspectd.daemon.intake.watcher import start_observer
 from tests.conftest import wait_until
 
 

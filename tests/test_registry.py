@@ -16,16 +16,16 @@ from typing import Any, get_args
 import pytest
 import sqlalchemy as sa
 
-from inspectd import activations, db
-from inspectd.config import RetrainConfig
-from inspectd.infer import Inferencer, ModelLoadError
-from inspectd.registry import (
+from inspectd.core import activations, db
+from inspectd.core.registry import (
     ModelRegistry,
     RegistryError,
     bundled_model_dir,
     check_version,
     read_meta,
 )
+from inspectd.core.retrain_config import RetrainConfig
+from inspectd.model.runtime import Inferencer, ModelLoadError
 from tests.conftest import Workspace
 
 BUNDLED = read_meta(bundled_model_dir()).version

@@ -303,8 +303,8 @@ def test_hostile_corpus(daemon: Start, upgraded: Workspace, tmp_path: Path) -> N
 def test_model_with_another_input_size_after_reload(
     daemon: Start, upgraded: Workspace, tmp_path: Path
 ) -> None:
-    from inspectd.train.export import convert, export_version
-    from inspectd.train.model import small_cnn
+    from inspectd.train.convert import convert, export_version
+    from inspectd.train.nets.small import small_cnn
 
     version_dir = tmp_path / "v64"
     x = np.random.default_rng(0).random((4, 64, 64, 1), np.float32)
@@ -313,7 +313,7 @@ def test_model_with_another_input_size_after_reload(
     proc = daemon()
     upgraded.drop("before.png", png_bytes(1))
     proc.wait_rows(1)
-    from inspectd.registry import ModelRegistry
+    from inspectd.core.registry import ModelRegistry
 
     registry = ModelRegistry(upgraded.models)
     registry.install(version_dir)

@@ -217,8 +217,8 @@ def test_training_with_every_augmentation_off_and_on(tmp_path: Path) -> None:
     """Both extremes of [retrain.augment] build and train (an empty pipeline once crashed retrain)."""
     import numpy as np
 
-    from inspectd.config import AugmentConfig, RetrainConfig
-    from inspectd.train.fit import train_arrays
+    from inspectd.core.retrain_config import AugmentConfig, RetrainConfig
+    from inspectd.train.fit.frames import train_arrays
 
     rng = np.random.default_rng(0)
     x = rng.random((24, 32, 32, 1), dtype=np.float32)
@@ -260,11 +260,11 @@ def test_quantized_network_ships_only_if_it_ranks_as_well(tmp_path: Path) -> Non
     inputs, self-tested as the daemon loads it; refused (the float network ships) when it loses ranking."""
     import numpy as np
 
-    from inspectd.infer import Inferencer
-    from inspectd.synth import SynthSpec
-    from inspectd.train.data import synthetic_arrays
-    from inspectd.train.export import MAX_AUC_DROP, convert, export_version
-    from inspectd.train.model import small_cnn
+    from inspectd.model.runtime import Inferencer
+    from inspectd.ops.synth import SynthSpec
+    from inspectd.train.convert import MAX_AUC_DROP, convert, export_version
+    from inspectd.train.data.arrays import synthetic_arrays
+    from inspectd.train.nets.small import small_cnn
     from inspectd.train.tf import keras
 
     keras().utils.set_random_seed(3)
@@ -301,11 +301,11 @@ def test_retrain_does_not_activate_over_a_promotion_made_while_it_trained(
     the model active at its start, so it is installed but not activated, and the retrain says so."""
     from click.testing import CliRunner
 
-    from inspectd import activations, db
-    from inspectd.cli import cli
-    from inspectd.registry import ModelRegistry
-    from inspectd.train import retrain as retrain_module
-    from inspectd.train.fit import train_arrays
+    from inspectd.core import activations, db
+    from inspectd.core.registry import ModelRegistry
+    from inspectd.ops.cli import cli
+    from inspectd.train import inputs
+    from inspectd.train.fit.frames import train_arrays
 
     upgraded.write_config(
         retrain={**QUICK, "epochs": 1, "input_size": 32, "min_per_class": 5, "quantize": "none"}
@@ -324,7 +324,7 @@ def test_retrain_does_not_activate_over_a_promotion_made_while_it_trained(
         upgraded.cli("promote", "meanwhile-1")  # another user, another process, as the training ends
         return trained
 
-    monkeypatch.setattr(retrain_module, "train_arrays", train_then_someone_promotes)
+    monkeypatch.setattr(inputs, "train_arrays", train_then_someone_promotes)
     result = CliRunner().invoke(
         cli, ["--config", str(upgraded.config), "retrain", "--data", str(data), "--force"]
     )

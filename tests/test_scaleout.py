@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from inspectd import db
-from inspectd.claims import ClaimBook, ClaimState
-from inspectd.persist import Store
-from inspectd.registry import bundled_model_dir, read_meta
+from inspectd.core import db
+from inspectd.core.registry import bundled_model_dir, read_meta
+from inspectd.daemon.commit.persist import Store
+from inspectd.daemon.intake.claims import ClaimBook, ClaimState
 from tests.conftest import DaemonProcess, Workspace, free_port, metric, png_bytes, wait_until, write_burst
 
 

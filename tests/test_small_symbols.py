@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.decode import DecodeLimits, decode
-from inspectd.preprocess import preprocess
-from inspectd.records import Decoded, ReadyFile
-from inspectd.synth import SynthSpec, generate
-from inspectd.tiles import View, grid, overlap_ratio, region
+from inspectd.core.preprocess import preprocess
+from inspectd.core.records import Decoded, ReadyFile
+from inspectd.core.tiles import View, grid, overlap_ratio, region
+from inspectd.daemon.intake.decode import DecodeLimits, decode
+from inspectd.ops.synth import SynthSpec, generate
 from tests.conftest import DaemonProcess, Workspace
 
 Start = Callable[..., DaemonProcess]

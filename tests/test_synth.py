@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inspectd.synth import SynthSpec, generate
+from inspectd.ops.synth import SynthSpec, generate
 from tests.conftest import Workspace
 
 

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from sqlalchemy.engine import make_url
 
-from inspectd.config import DecodeConfig, load_config
+from inspectd.core.config import DecodeConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"

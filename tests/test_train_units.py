@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.config import RetrainConfig, SymbolConfig
-from inspectd.labels import Labeled
-from inspectd.train.bags import INSIDE, OUTSIDE, bag_targets, frame_weights
-from inspectd.train.composite import ArtworkError, composite, load_artwork, synthesize
+from inspectd.core.retrain_config import RetrainConfig, SymbolConfig
+from inspectd.ops.labels import Labeled
+from inspectd.train.data.composite import ArtworkError, composite, load_artwork, synthesize
+from inspectd.train.evaluate.metrics import Confusion, Metrics
+from inspectd.train.evaluate.report import Report
+from inspectd.train.fit.bags import INSIDE, OUTSIDE, bag_targets, frame_weights
 
 
 def _cross(path: Path, dark_on_light: bool = True) -> Path:
@@ -141,7 +143,7 @@ def test_symbol_configuration_is_strict() -> None:
 
 @pytest.mark.train
 def test_bag_loss_is_cross_entropy_on_the_highest_place_of_each_bag() -> None:
-    from inspectd.train.bags import bag_loss
+    from inspectd.train.fit.bags import bag_loss
     from inspectd.train.tf import tensorflow
 
     tf = tensorflow()
@@ -161,7 +163,7 @@ def test_bag_loss_is_cross_entropy_on_the_highest_place_of_each_bag() -> None:
 
 
 def test_reshots_of_one_part_share_a_group_and_other_images_do_not(tmp_path: Path) -> None:
-    from inspectd.train.dataset import groups
+    from inspectd.train.data.dataset import groups
 
     rng = np.random.default_rng(5)
     scene = cv2.GaussianBlur(rng.integers(0, 255, (300, 300), dtype=np.uint8), (0, 0), 6)
@@ -187,9 +189,9 @@ def test_geometric_augmentation_at_the_source_keeps_a_thin_mark(tmp_path: Path) 
     """A 2-px cross on a 1024 px frame, turned 20 degrees: turned at the source and then reduced to 128 px
     (what retrain does) it keeps its strokes; reduced first and turned after (what an in-pipeline rotation
     does) the second interpolation spreads them (the same ink over more pixels, half the energy)."""
-    from inspectd.config import AugmentConfig
-    from inspectd.preprocess import preprocess
-    from inspectd.train.geometry import source_copies, warp
+    from inspectd.core.preprocess import preprocess
+    from inspectd.core.retrain_config import AugmentConfig
+    from inspectd.train.data.geometry import source_copies, warp
 
     frame = np.full((1024, 1024), 200, np.uint8)
     cv2.line(frame, (312, 512), (712, 512), 40, 2)
@@ -224,16 +226,15 @@ def test_geometric_augmentation_at_the_source_keeps_a_thin_mark(tmp_path: Path) 
     assert not np.array_equal(copies[0][0], copies[1][0])  # each copy its own transform
 
 
-def _report(precision: float, recall: float, auc: float, points: list[list[float]]) -> dict[str, object]:
-    return {
-        "metrics": {"precision": precision, "recall": recall, "roc_auc": auc},
-        "operating_points": points,
-    }
+def _report(precision: float, recall: float, auc: float, points: list[list[float]]) -> Report:
+    confusion = Confusion(0, 0, 0, 0)
+    metrics = Metrics(100, 25, 0.5, precision, recall, 0.0, auc, None, 0.0, confusion)
+    return Report("v", metrics, {}, [], points, [], [])
 
 
 def test_the_gate_asks_whether_the_candidate_can_do_what_the_active_model_does() -> None:
-    from inspectd.config import GateConfig
-    from inspectd.train.gate import gate
+    from inspectd.core.retrain_config import GateConfig
+    from inspectd.train.evaluate.gate import gate
 
     rules = GateConfig()
     # the active model calls nearly everything present: recall 0.9 at precision 0.27

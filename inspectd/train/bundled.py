@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from inspectd.infer import sigmoid
-from inspectd.registry import ModelMeta
-from inspectd.synth import SynthSpec
-from inspectd.train import report
-from inspectd.train.data import synthetic_arrays
-from inspectd.train.evaluate import binary_metrics
-from inspectd.train.export import Quantize, convert, export_version
-from inspectd.train.fit import representative
-from inspectd.train.model import small_cnn
+from inspectd.core.registry import ModelMeta, Quantize
+from inspectd.model.runtime import sigmoid
+from inspectd.ops.synth import SynthSpec
+from inspectd.train.convert import convert, export_version
+from inspectd.train.data.arrays import synthetic_arrays
+from inspectd.train.evaluate import report
+from inspectd.train.evaluate.metrics import binary_metrics
+from inspectd.train.fit.frames import representative
+from inspectd.train.nets.small import small_cnn
 from inspectd.train.tf import keras, tensorflow
 
 

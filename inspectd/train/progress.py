@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from inspectd import logs
+from inspectd.core import logs
 
 T = TypeVar("T")
 LOG_EVERY_S = 10.0

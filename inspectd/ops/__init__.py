@@ -1,0 +1,1 @@
+"""Operator and maintainer tools around the daemon: the command line, labels, explain, synthetic images."""

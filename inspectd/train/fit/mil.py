@@ -1,0 +1,92 @@
+"""Fitting a MIL head on feature maps computed once, with bag targets (bags.py): where a composited mark
+is, the head is told which of its places hold it. Optionally a second round on hard negatives."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inspectd.core import logs
+from inspectd.core.registry import TRAINING_HISTORY_FILE
+from inspectd.core.retrain_config import RetrainConfig
+from inspectd.train.fit import bags
+from inspectd.train.fit.callbacks import confusion_images, frame_auc, frame_logits, schedule, validation_auc
+from inspectd.train.tf import keras, tensorflow
+
+log = logs.get("inspectd.train.fit")
+HARD_SHARE = 0.25  # the share of absent training frames mined as hard negatives
+HARD_WEIGHT = 3.0
+
+
+def fit_bags(
+    head: Any,
+    rc: RetrainConfig,
+    f: npt.NDArray[np.float16],
+    targets: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int_],
+    fv: npt.NDArray[np.float32],
+    yv: npt.NDArray[np.int_],
+    run_dir: Path,
+) -> int:
+    """Fit a MIL head on feature maps with bag targets (inspectd/train/fit/bags.py), early stopping on the
+    frame-level validation ROC-AUC; then, with ``retrain.hard_negative_epochs``, a second round in which
+    the absent frames the model scores highest (look-alike marks, mostly) weigh ``HARD_WEIGHT`` times
+    more. The second round is kept only if it does better on validation."""
+    # long: the two rounds share the fit (a closure over the features); the second is a few lines
+    tf = tensorflow()
+    k = keras()
+    logit_map = k.Model(head.input, head.get_layer("logit_map").output, name="logit_map")
+    weights = bags.frame_weights(labels)
+
+    def fit_round(weights: npt.NDArray[np.float32], learning_rate: float, epochs: int, first: int) -> int:
+        train = (
+            tf.data.Dataset.from_tensor_slices((f, targets, weights))
+            .shuffle(len(f), seed=rc.seed + first, reshuffle_each_iteration=True)
+            .batch(rc.batch_size)
+            .map(lambda a, t, w: (tf.cast(a, tf.float32), t, w))
+            .prefetch(2)
+        )
+        logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.bag_loss)
+        callbacks = [
+            frame_auc(head, fv, yv),
+            *schedule(rc),
+            k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
+            confusion_images(fv, yv, run_dir / "tensorboard", model=head),
+            k.callbacks.CSVLogger(str(run_dir / TRAINING_HISTORY_FILE), append=True),
+        ]
+        history = logit_map.fit(
+            train,
+            epochs=first + epochs,
+            initial_epoch=first,
+            shuffle=False,  # the dataset shuffles itself each epoch
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        return first + len(history.history["loss"])
+
+    epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, 0)
+    if not rc.hard_negative_epochs:
+        return epochs_run
+    first_auc = validation_auc(head, fv, yv)
+    kept = head.get_weights()
+    absent = np.flatnonzero(labels == 0)
+    top = frame_logits(head, f[absent])
+    hard = absent[top >= np.quantile(top, 1.0 - HARD_SHARE)]
+    weights = weights.copy()
+    weights[hard] *= HARD_WEIGHT
+    log.info("hard_negatives.mined", frames=len(hard), of=len(absent), weight=HARD_WEIGHT)
+    epochs_run = fit_round(weights, rc.learning_rate * 0.3, rc.hard_negative_epochs, epochs_run)
+    second_auc = validation_auc(head, fv, yv)
+    if second_auc < first_auc:
+        head.set_weights(kept)
+    log.info(
+        "hard_negatives.done",
+        validation_roc_auc_before=round(first_auc, 4),
+        validation_roc_auc_after=round(second_auc, 4),
+        kept=second_auc >= first_auc,
+    )
+    return epochs_run

@@ -1,0 +1,1 @@
+"""The networks: the small CNN, the pretrained backbones and their offline ImageNet weights."""
