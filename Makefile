@@ -3,13 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus
+APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus mosquitto
 # make bench-quality's real material: font glyphs and photographs (benchmarks/quality_data.py)
 QUALITY_APT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-urw-base35 fonts-liberation \
   fonts-freefont-ttf fonts-noto-core fonts-texgyre fonts-croscore fonts-crosextra-carlito fonts-cantarell \
   fonts-roboto-unhinted fonts-symbola fonts-stix mate-backgrounds
 
-.PHONY: run test lint typecheck unit bench bench-compare bench-scaleout bench-recipes bench-quality bench-small soak bundled-model clean system-deps
+.PHONY: run test lint typecheck unit bench bench-compare bench-mqtt bench-scaleout bench-recipes bench-quality bench-small soak bundled-model clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,8 @@ run: $(VENV)/.runtime
 	$(BIN)/inspectd db upgrade
 	$(BIN)/inspectd run
 
-# Debian packages the tests use for real: PostgreSQL (pg_virtualenv), systemd-analyze, rsync, Prometheus.
+# Debian packages the tests use for real: PostgreSQL (pg_virtualenv), systemd-analyze, rsync, Prometheus,
+# an MQTT broker.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -43,7 +44,7 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.dev system-deps
-	INSPECTD_REQUIRE_POSTGRES=1 pg_virtualenv -t $(BIN)/pytest $(PYTEST_ARGS)
+	INSPECTD_REQUIRE_POSTGRES=1 INSPECTD_REQUIRE_MOSQUITTO=1 pg_virtualenv -t $(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
@@ -53,6 +54,10 @@ bench: $(VENV)/.dev
 # no regression against an older commit, the two daemons' bursts alternated: make bench-compare AGAINST=HEAD~1
 bench-compare: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.compare --against $(or $(AGAINST),HEAD) $(BENCH_ARGS)
+
+# MQTT publishing on against off, bursts alternated (mosquitto on a loopback port)
+bench-mqtt: $(VENV)/.dev system-deps
+	$(BIN)/python -m benchmarks.compare --mqtt $(BENCH_ARGS)
 
 bench-scaleout: $(VENV)/.dev system-deps
 	pg_virtualenv -t $(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)

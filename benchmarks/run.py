@@ -177,13 +177,16 @@ def wait_ready(port: int, timeout: float | None = None) -> None:
 
 
 class Daemon:
-    def __init__(self, root: Path, port: int, model: Path | None = None, source: Path = ROOT) -> None:
-        """``source``: the checkout whose ``inspectd`` runs (benchmarks/compare.py runs an older one)."""
+    def __init__(
+        self, root: Path, port: int, model: Path | None = None, source: Path = ROOT, extra: str = ""
+    ) -> None:
+        """``source``: the checkout whose ``inspectd`` runs (benchmarks/compare.py runs an older one);
+        ``extra``: more configuration (TOML sections)."""
         self.root = root
         self.port = port
         env = {**os.environ, "PYTHONPATH": str(source)}
         # the default config but for the port: logs at info, a JSON line per image (into daemon.log)
-        (root / "config.toml").write_text(f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        (root / "config.toml").write_text(f'[http]\nlisten = "127.0.0.1:{port}"\n{extra}')
         subprocess.run(
             [sys.executable, "-m", "inspectd", "--config", str(root / "config.toml"), "db", "upgrade"],
             check=True,

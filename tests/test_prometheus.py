@@ -47,7 +47,7 @@ def test_committed_dashboard_is_generated() -> None:
 def test_rules_check_and_unit_tests() -> None:
     check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 8 rules found" in check.stdout
+    assert "SUCCESS: 10 rules found" in check.stdout
     unit = subprocess.run(
         ["promtool", "test", "rules", "inspectd-rules.test.yml"],
         cwd=RULES.parent,
@@ -167,7 +167,7 @@ def test_real_prometheus_scrapes_the_daemon(
         rules = [r for g in groups for r in g["rules"]]
         return (
             rules
-            if len(rules) == 8 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules)
+            if len(rules) == 10 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules)
             else None
         )
 

@@ -8,6 +8,8 @@ import errno
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from inspectd.core.config import ConfigError
+from inspectd.core.db import SchemaMismatch
 from inspectd.core.registry import RegistryError
 from inspectd.daemon.http import HttpStartError
 from inspectd.daemon.startup import EX_CONFIG, EX_SOFTWARE, EX_UNAVAILABLE, StartupError, startup_error
@@ -28,6 +30,8 @@ CASES = {
         OperationalError("SELECT", {}, Exception("gone")),
         EX_UNAVAILABLE,
     ),
+    "a schema behind or ahead": (SchemaMismatch("the database schema is behind"), EX_CONFIG),
+    "an empty token file": (ConfigError("http.token_file: holds no token"), EX_CONFIG),
     "anything else": (KeyError("surprise"), EX_SOFTWARE),
     "already a startup error": (StartupError("stopped while waiting for the database", 0), 0),
 }

@@ -115,6 +115,27 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str, int]] = [
     ("Ready", "short", [(f"min(inspectd_ready{{{SEL}}})", "ready")], "stat", 6),
     ("Database up", "short", [(f"min(inspectd_db_up{{{SEL}}})", "database")], "stat", 6),
     (
+        "MQTT: results acknowledged and failures",
+        "reqps",
+        [
+            (f"sum(rate(inspectd_mqtt_published_total{{{SEL}}}[$__rate_interval]))", "acknowledged"),
+            (
+                f"sum by (kind) (rate(inspectd_mqtt_failures_total{{{SEL}}}[$__rate_interval]))",
+                "{{kind}} failures",
+            ),
+        ],
+        "ts",
+        12,
+    ),
+    (
+        "MQTT backlog (committed, not yet acknowledged)",
+        "short",
+        [(f"sum by (instance) (inspectd_mqtt_backlog_results{{{SEL}}})", "{{instance}}")],
+        "ts",
+        12,
+    ),
+    ("MQTT connected", "short", [(f"min(inspectd_mqtt_connected{{{SEL}}})", "connected")], "stat", 6),
+    (
         "Files by disposition (1h)",
         "short",
         [(f"sum by (disposition) (increase(inspectd_files_total{{{SEL}}}[1h]))", "{{disposition}}")],

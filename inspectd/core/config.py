@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from inspectd.core.mqtt_config import MqttConfig
 from inspectd.core.retrain_config import RetrainConfig, Section
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus names it.
@@ -95,6 +96,9 @@ def split_listen(value: str) -> tuple[str, int]:
 
 class HttpConfig(Section):
     listen: str = "127.0.0.1:9108"
+    # a file whose first line is the token API clients send (Authorization: Bearer TOKEN); required
+    # for reading results when ``listen`` is not a loopback address
+    token_file: Path | None = None
 
     @field_validator("listen")
     @classmethod
@@ -110,6 +114,17 @@ class HttpConfig(Section):
     @property
     def port(self) -> int:
         return split_listen(self.listen)[1]
+
+    @property
+    def loopback(self) -> bool:
+        """Only this machine can connect (127.0.0.0/8, ::1, localhost)."""
+        host = self.host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
 
 class WatchConfig(Section):
@@ -215,6 +230,7 @@ class Config(BaseSettings):
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     systemd: SystemdConfig = SystemdConfig()
+    mqtt: MqttConfig = MqttConfig()
     retrain: RetrainConfig = RetrainConfig()
 
     @classmethod
@@ -285,4 +301,12 @@ def resolve_relative(config: Config, base: Path) -> Config:
     weights = {name: p if p.is_absolute() else base / p for name, p in config.retrain.weights.items()}
     retrain = config.retrain.model_copy(update={"weights": weights})
     database = config.database.model_copy(update={"url": url.render_as_string(hide_password=False)})
-    return config.model_copy(update={"paths": paths, "database": database, "retrain": retrain})
+    mqtt = config.mqtt.model_copy(
+        update={k: p if p.is_absolute() else base / p for k, p in config.mqtt.paths().items()}
+    )
+    token = config.http.token_file
+    http = config.http.model_copy(
+        update={"token_file": token if token is None or token.is_absolute() else base / token}
+    )
+    update = {"paths": paths, "database": database, "retrain": retrain, "mqtt": mqtt, "http": http}
+    return config.model_copy(update=update)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -133,6 +134,20 @@ class Claim(Base):
     claimed_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch, the database's clock
     lease_until: Mapped[float] = mapped_column(Float, index=True)
     taken_over: Mapped[bool] = mapped_column(Boolean)  # the last claim took it from another worker
+
+
+class Outbox(Base):
+    """A committed result not yet acknowledged by the MQTT broker (``[mqtt]``): written in the transaction
+    that commits the result, deleted once the broker acknowledged its message (QoS 1). What survives a
+    crash or an outage is re-sent: delivery is at least once, the content hash is the message's identity."""
+
+    __tablename__ = "outbox"
+
+    result_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("results.id", ondelete="CASCADE"), primary_key=True
+    )
+    station: Mapped[str] = mapped_column(String(64), index=True)  # the station that publishes it
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Activation(Base):

@@ -36,10 +36,13 @@ from inspectd.daemon.intake.decode import install_pixel_limit
 from inspectd.daemon.metrics import Metrics
 from inspectd.daemon.models import Models
 from inspectd.daemon.notify import Notifier
+from inspectd.daemon.publish.mqtt import Publisher
 from inspectd.daemon.scheduler import Scheduler
 from inspectd.daemon.stages import Stages, build_stages
 from inspectd.daemon.startup import EX_CONFIG, StartupError, startup_error
 from inspectd.daemon.watch import Watch
+from inspectd.web import api as web_api
+from inspectd.web.auth import Access
 
 log = logs.get("inspectd.daemon")
 
@@ -65,6 +68,7 @@ class Daemon:
         self.reload_requested = False
         self._exit_requested_at: float | None = None
         self._stack = ExitStack()  # what has started, stopped in reverse order
+        self.publisher: Publisher | None = None
 
     # --- signals: flags only -------------------------------------------------------------------------
 
@@ -113,7 +117,8 @@ class Daemon:
         self._stack.callback(self.engine.dispose)
         self._wait_for_schema(self.engine)
         model = self.models.start(self.engine)
-        http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health.checks)
+        api = web_api.routes(self.engine, Access.of(cfg.http))
+        http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health.checks, routes=api)
         http.start()
         self._stack.callback(http.stop)
         self._stages(
@@ -121,6 +126,13 @@ class Daemon:
         )
         if self.claims is not None:
             jobs.purge_stale_claims(self.claims)
+        if cfg.mqtt.url is not None:
+            pipeline = self.pipeline
+            self.publisher = Publisher(
+                cfg.mqtt, cfg.station.name, self.engine, self.metrics, lambda: pipeline.model.version
+            )
+            self.publisher.start()
+            self._stack.callback(self.publisher.stop)
         self.watch = Watch(cfg, self.readiness, self.health)
         self.watch.start()
         self._stack.callback(self.watch.stop)
@@ -210,6 +222,8 @@ class Daemon:
             batch = batcher.collect(self.intake, cfg.batch.max_size, max_wait_s, TAKE_TIMEOUT_S)
             if batch:
                 self.batches.finish(batch)
+                if self.publisher is not None:
+                    self.publisher.wake()
                 worked = True
                 idle_since = None
             elif idle_since is None:

@@ -113,6 +113,23 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.mqtt_published = Counter(
+            "inspectd_mqtt_published", "result messages the broker acknowledged", registry=r
+        )
+        self.mqtt_failures = Counter(
+            "inspectd_mqtt_failures",
+            "MQTT failures, by kind (connect: a connection lost or refused; publish: a message not sent)",
+            ["kind"],
+            registry=r,
+        )
+        self.mqtt_backlog = Gauge(
+            "inspectd_mqtt_backlog_results",
+            "committed results not yet acknowledged by the broker",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge("inspectd_mqtt_connected", "1 while connected to the broker", registry=r)
+        for kind in ("connect", "publish"):
+            self.mqtt_failures.labels(kind)  # exported as 0 from the start: rates and alerts have a series
         self.info.info({"version": __version__})
 
     def record(self, outcome: Outcome) -> None:

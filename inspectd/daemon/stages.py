@@ -51,7 +51,7 @@ def build_stages(
     workers = cfg.decode.workers or cores + 1
     budget = MemoryBudget(cfg.decode.max_memory_mib << 20)
     claims = ClaimBook(engine, cfg.station.name, cfg.cluster.lease_s) if cfg.cluster.shared_incoming else None
-    store = Store(engine, claims)
+    store = Store(engine, claims, cfg.station.name if cfg.mqtt.url else None)
     db_cfg = cfg.database
     persist = Persist(store, metrics, db_cfg.retry_initial_s, db_cfg.retry_max_s, should_abort)
     destinations = Destinations(cfg.paths.processed, cfg.paths.quarantine, cfg.paths.incoming, token)

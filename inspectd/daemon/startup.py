@@ -14,7 +14,8 @@ import errno
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from inspectd.core.config import EX_CONFIG
+from inspectd.core.config import EX_CONFIG, ConfigError
+from inspectd.core.db import SchemaMismatch
 from inspectd.core.registry import RegistryError
 from inspectd.daemon.http import HttpStartError
 from inspectd.model.runtime import ModelLoadError
@@ -43,7 +44,7 @@ def startup_error(exc: BaseException) -> StartupError:
     """The StartupError for an exception raised while starting."""
     if isinstance(exc, StartupError):
         return exc
-    if isinstance(exc, HttpStartError):
+    if isinstance(exc, HttpStartError | ConfigError | SchemaMismatch):
         return StartupError(str(exc), EX_CONFIG)
     if isinstance(exc, ModelLoadError | RegistryError):
         return StartupError(f"the active model cannot be used: {exc}", EX_CONFIG)

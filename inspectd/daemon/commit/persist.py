@@ -9,16 +9,17 @@ on every image of the batch (claims.py), so a claim ends exactly when its result
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspectd.core import db, logs, retry
-from inspectd.core.db import Result
+from inspectd.core.db import Outbox, Result
 from inspectd.daemon.commit.plan import KnownRow
 from inspectd.daemon.commit.rows import NewRow, refused_row
 from inspectd.daemon.intake.claims import ClaimBook
@@ -29,9 +30,14 @@ _T = TypeVar("_T")
 
 
 class Store:
-    def __init__(self, engine: Engine, claims: ClaimBook | None = None) -> None:
+    def __init__(
+        self, engine: Engine, claims: ClaimBook | None = None, outbox_station: str | None = None
+    ) -> None:
+        """``outbox_station``: publishing is on ([mqtt]): each new row gets its outbox row, in the same
+        transaction, for that station's publisher."""
         self.engine = engine
         self.claims = claims
+        self.outbox_station = outbox_station
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def known(self, hashes: Iterable[str]) -> dict[str, KnownRow]:
@@ -59,6 +65,13 @@ class Store:
         )
         with self.engine.begin() as conn:
             inserted = {h: i for h, i in conn.execute(statement, list(rows))} if rows else {}
+            if self.outbox_station is not None and inserted:
+                now = datetime.now(UTC)
+                queued = [
+                    {"result_id": i, "station": self.outbox_station, "queued_at": now}
+                    for i in inserted.values()
+                ]
+                conn.execute(insert(Outbox), queued)
             if self.claims is not None:
                 self.claims.release(conn, release)
             return inserted

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import click
-from sqlalchemy import select
 
-from inspectd.core.records import Verdict
+from inspectd.core import results as results_core
+from inspectd.core.records import Status, Verdict
 from inspectd.ops.cli.base import (
     Obj,
     cli,
@@ -31,31 +30,17 @@ TABLE_FIELDS = (
 )
 
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_since(value: str) -> datetime:
-    match = _RELATIVE.match(value.strip())
-    if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("use an ISO date/time (2026-11-23T08:00) or an age (30m, 2h, 7d)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    return value
+        return results_core.parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()
 @click.option("--since", help="only results processed since then: ISO time or age (30m, 2h, 7d)")
 @click.option("--verdict", type=click.Choice([v.value for v in Verdict]))
-@click.option("--status", type=click.Choice(["ok", "error"]))
+@click.option("--status", type=click.Choice([s.value for s in Status]))
 @click.option("--station", help="only results from this station")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most this many (newest first)")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
@@ -76,19 +61,17 @@ def results(
     fields = db.result_columns()
     cfg = obj.config()
     engine = db.make_engine(cfg.database.url, cfg.database.busy_timeout_s)
-    query = select(*(getattr(Result, f) for f in fields)).order_by(Result.id.desc())
-    if since:
-        query = query.where(Result.processed_at >= parse_since(since))
-    if verdict:
-        query = query.where(Result.verdict == verdict)
-    if status:
-        query = query.where(Result.status == status)
-    if station:
-        query = query.where(Result.station == station)
+    filters = results_core.Filters(
+        since=parse_since(since) if since else None,
+        verdict=Verdict(verdict) if verdict else None,
+        status=Status(status) if status else None,
+        station=station,
+    )
+    statement = results_core.query(filters).order_by(None).order_by(Result.id.desc())
     if limit:
-        query = query.limit(limit)
+        statement = statement.limit(limit)
     with engine.connect() as conn:
-        rows = [dict(zip(fields, (_plain(v) for v in row), strict=True)) for row in conn.execute(query)]
+        rows = results_core.as_dicts(conn.execute(statement))
     rows.reverse()
     out = sys.stdout
     if fmt == "jsonl":

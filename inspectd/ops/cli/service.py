@@ -1,4 +1,4 @@
-"""``inspectd run``, ``check-config``, ``db upgrade|status``: the service and its database."""
+"""``inspectd run``, ``serve``, ``check-config``, ``db upgrade|status``: the service and its database."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def run(obj: Obj) -> None:
     from inspectd.daemon.lifecycle import Daemon
 
     sys.exit(Daemon(obj.config()).run())
+
+
+@cli.command()
+@click.pass_obj
+def serve(obj: Obj) -> None:
+    """Serve the results API on [http] listen, without a daemon, until SIGTERM/SIGINT."""
+    from inspectd.web.serve import serve as run_server
+
+    sys.exit(run_server(obj.config()))
 
 
 @cli.command("check-config")
