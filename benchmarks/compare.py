@@ -32,8 +32,8 @@ def checkout(commit: str, where: Path) -> Path:
 
 
 def start_broker(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    """mosquitto on 127.0.0.1:``port`` and a subscriber that takes every result (a consumer on the line),
-    and the [mqtt] section that publishes to it."""
+    """mosquitto on 127.0.0.1:``port`` (on this machine: its work counts against the daemon's), and the
+    [mqtt] section that publishes to it."""
     conf = tmp / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     broker = subprocess.Popen(
