@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus mosquitto
+APT_PACKAGES := postgresql postgresql-common systemd rsync prometheus mosquitto chromium chromium-driver
 # make bench-quality's real material: font glyphs and photographs (benchmarks/quality_data.py)
 QUALITY_APT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-urw-base35 fonts-liberation \
   fonts-freefont-ttf fonts-noto-core fonts-texgyre fonts-croscore fonts-crosextra-carlito fonts-cantarell \
@@ -28,7 +28,7 @@ run: $(VENV)/.runtime
 	$(BIN)/inspectd run
 
 # Debian packages the tests use for real: PostgreSQL (pg_virtualenv), systemd-analyze, rsync, Prometheus,
-# an MQTT broker.
+# an MQTT broker, a headless browser.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -44,7 +44,7 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.dev system-deps
-	INSPECTD_REQUIRE_POSTGRES=1 INSPECTD_REQUIRE_MOSQUITTO=1 pg_virtualenv -t $(BIN)/pytest $(PYTEST_ARGS)
+	INSPECTD_REQUIRE_POSTGRES=1 INSPECTD_REQUIRE_MOSQUITTO=1 INSPECTD_REQUIRE_BROWSER=1 pg_virtualenv -t $(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

@@ -231,3 +231,46 @@ def test_serve_at_a_schema_behind_exits_78(ws: Workspace) -> None:
     result = ws.cli("serve", check=False, timeout=30)  # never upgraded
     assert result.returncode == 78 and "Traceback" not in result.stderr
     assert Path(ws.config).exists()
+
+
+def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST")
+    for key, value in headers.items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_a_label_write_with_bad_input_is_a_4xx_and_changes_nothing(
+    serve: Callable[[], Server], upgraded: Workspace
+) -> None:
+    engine = sa.create_engine(upgraded.db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Result), fake_rows(3))
+    server = serve()
+    ok = {"Content-Type": "application/json", "X-Inspectd-Request": "1"}
+    cases = [
+        (json.dumps({"id": 99, "label": "present"}).encode(), ok, 404),
+        (json.dumps({"id": 1, "label": "maybe"}).encode(), ok, 400),
+        (json.dumps({"id": 1, "label": "absent", "box": [1, 2, 3, 4]}).encode(), ok, 400),
+        (json.dumps({"id": 1, "label": "present", "colour": "red"}).encode(), ok, 400),
+        (b"{not json", ok, 400),
+        (json.dumps({"id": 1, "label": "present", "pad": "x" * 5000}).encode(), ok, 413),
+        (json.dumps({"id": 1, "label": "present"}).encode(), {"Content-Type": "application/json"}, 403),
+        (json.dumps({"id": 1, "label": "present"}).encode(), {**ok, "Content-Type": "text/plain"}, 415),
+        (json.dumps({"id": 1, "label": "present"}).encode(), {**ok, "Origin": "http://evil.example"}, 403),
+    ]
+    for body, headers, code in cases:
+        status, answer = post(upgraded.port, "/ui/api/labels", body, headers)
+        assert status == code and answer["error"], (body[:60], status, answer)
+    assert all(r["label"] is None for r in upgraded.rows())  # nothing changed
+    status, saved = post(
+        upgraded.port, "/ui/api/labels", json.dumps({"id": 2, "label": "present"}).encode(), ok
+    )
+    assert status == 200 and saved["label"] == "present"
+    assert get(upgraded.port, "/ui/results/99/image")[0] == 404
+    assert server.stop() == 0
+    engine.dispose()

@@ -22,7 +22,7 @@ from types import FrameType
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from inspectd import __version__
+from inspectd import __version__, web
 from inspectd.core import db, logs, retry
 from inspectd.core.config import Config
 from inspectd.core.registry import ModelRegistry
@@ -41,7 +41,6 @@ from inspectd.daemon.scheduler import Scheduler
 from inspectd.daemon.stages import Stages, build_stages
 from inspectd.daemon.startup import EX_CONFIG, StartupError, startup_error
 from inspectd.daemon.watch import Watch
-from inspectd.web import api as web_api
 from inspectd.web.auth import Access
 
 log = logs.get("inspectd.daemon")
@@ -117,7 +116,7 @@ class Daemon:
         self._stack.callback(self.engine.dispose)
         self._wait_for_schema(self.engine)
         model = self.models.start(self.engine)
-        api = web_api.routes(self.engine, Access.of(cfg.http))
+        api = web.routes(self.engine, Access.of(cfg.http), cfg)
         http = HttpServer(cfg.http.host, cfg.http.port, self.metrics.registry, self.health.checks, routes=api)
         http.start()
         self._stack.callback(http.stop)

@@ -6,7 +6,6 @@ daemon never saw (dropped into ``<labels>/present/`` or ``<labels>/absent/``, or
 
 from __future__ import annotations
 
-import csv
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
+from inspectd.core import results
 from inspectd.core.db import Example, Result
 from inspectd.core.records import Verdict
 from inspectd.core.registry import file_sha256
@@ -101,54 +101,7 @@ def label_result(
         return row
 
 
-def import_csv(engine: Engine, path: Path, by: str | None) -> tuple[int, int]:
-    """Apply every row of a CSV (file name, hash or image path; label; optionally x, y, w, h of the
-    symbol), all or nothing.
-
-    A reference that matches no result but names an existing image file (relative to the CSV's folder)
-    adds that image as an example. Returns (results labeled, examples added).
-    """
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if rows and rows[0][1].strip().lower() == "label":
-        rows = rows[1:]
-    now = datetime.now(UTC)
-    labeled = added = 0
-    problems: list[str] = []
-    with Session(engine) as session, session.begin():
-        for number, row in enumerate(rows, start=2):
-            if len(row) < 2:
-                problems.append(f"line {number}: expected two columns (file or hash, label)")
-                continue
-            ref, label = row[0].strip(), row[1].strip().lower()
-            if label not in LABELS:
-                problems.append(f"line {number}: label must be present or absent, not {label!r}")
-                continue
-            try:
-                box = parse_box(",".join(row[2:6])) if label == Verdict.PRESENT and len(row) >= 6 else None
-            except LabelError as exc:
-                problems.append(f"line {number}: {exc}")
-                continue
-            try:
-                result = find_result(session, ref)
-            except LabelError as exc:
-                image = (path.parent / ref).resolve()
-                if image.is_file():
-                    _upsert_example(session, image, label, "import", by, now, box)
-                    added += 1
-                else:
-                    problems.append(f"line {number}: {exc}")
-                continue
-            result.label, result.labeled_by, result.labeled_at = label, by, now
-            result.label_box = format_box(box)
-            labeled += 1
-        if problems:
-            session.rollback()
-            raise LabelError("nothing imported:\n  " + "\n  ".join(problems))
-    return labeled, added
-
-
-def _upsert_example(
+def upsert_example(
     session: Session,
     image: Path,
     label: str,
@@ -205,7 +158,7 @@ def sync_folders(engine: Engine, root: Path, extensions: tuple[str, ...], by: st
                         result.label, result.labeled_by, result.labeled_at = label, by, now
                         report.linked += 1
                     continue
-                outcome = _upsert_example(session, image, label, "folder", by, now)
+                outcome = upsert_example(session, image, label, "folder", by, now)
                 if outcome == "added":
                     report.added += 1
                 elif outcome == "relabeled":
@@ -215,10 +168,19 @@ def sync_folders(engine: Engine, root: Path, extensions: tuple[str, ...], by: st
     return report
 
 
-def review(engine: Engine, limit: int, confident: int, seed: int = 0) -> list[dict[str, Any]]:
+def review(
+    engine: Engine,
+    limit: int,
+    confident: int,
+    seed: int = 0,
+    filters: results.Filters | None = None,
+) -> list[dict[str, Any]]:
     """Unlabeled results most worth a look: scores nearest their threshold, then a random sample of
-    confident ones (to catch confident mistakes)."""
+    confident ones (to catch confident mistakes); ``filters`` narrows them (station, time, version,
+    verdict)."""
     base = select(Result).where(Result.status == "ok", Result.label.is_(None))
+    if filters is not None:
+        base = base.where(Result.id.in_(results.query(filters, ["id"])))
     margin = func.abs(Result.score - Result.threshold)
     with Session(engine) as session:
         near = session.scalars(base.order_by(margin, Result.id).limit(limit)).all()
@@ -229,6 +191,7 @@ def review(engine: Engine, limit: int, confident: int, seed: int = 0) -> list[di
         out = []
         for reason, rows in (("uncertain", near), ("confident-sample", sample)):
             for r in rows:
+                box = None if r.box_x is None else [r.box_x, r.box_y, r.box_w, r.box_h]
                 out.append(
                     {
                         "id": r.id,
@@ -238,9 +201,24 @@ def review(engine: Engine, limit: int, confident: int, seed: int = 0) -> list[di
                         "threshold": r.threshold,
                         "verdict": r.verdict,
                         "stored_path": r.stored_path,
+                        "model_version": r.model_version,
+                        "station": r.station,
+                        "width": r.width,
+                        "height": r.height,
+                        "box": box,
                     }
                 )
         return out
+
+
+def clear_label(engine: Engine, result_id: int) -> Result:
+    """Undo: the result is unlabeled again."""
+    with Session(engine) as session, session.begin():
+        row = find_result(session, str(result_id))
+        row.label = row.labeled_by = row.labeled_at = row.label_box = None
+        session.flush()
+        session.expunge(row)
+        return row
 
 
 def labeled_examples(engine: Engine) -> list[Labeled]:

@@ -10,6 +10,7 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
+from inspectd import web
 from inspectd.core import db, logs
 from inspectd.core.config import Config
 from inspectd.daemon.http import HttpServer
@@ -41,7 +42,7 @@ def serve(cfg: Config) -> int:
     try:
         try:
             db.require_current_schema(engine)
-            routes = api.routes(engine, Access.of(cfg.http))
+            routes = web.routes(engine, Access.of(cfg.http), cfg)
             http = HttpServer(cfg.http.host, cfg.http.port, CollectorRegistry(), checks, routes=routes)
             http.start()
         except Exception as exc:  # noqa: BLE001 - the start-up boundary: one line, no traceback

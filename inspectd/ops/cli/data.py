@@ -70,7 +70,12 @@ def synth(
     "--import",
     "import_csv",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="CSV of (file name, hash or image path; label[; x, y, w, h]) rows, applied all or nothing",
+    help="CSV of labels (columns by header name: file|hash|id, label, x, y, w, h), applied all or nothing",
+)
+@click.option(
+    "--import-labelstudio",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Label Studio's JSON export of tasks from `inspectd export labelstudio`, applied all or nothing",
 )
 @click.option("--box", default=None, help="where the symbol is: x,y,w,h in pixels (for tiled training)")
 @click.option(
@@ -83,18 +88,23 @@ def label(
     ref: str | None,
     label: str | None,
     import_csv: Path | None,
+    import_labelstudio: Path | None,
     box: str | None,
     sync: bool,
     by: str | None,
 ) -> None:
     """Record the true answer: `label ID|HASH|FILE present|absent`, `--import CSV`, or `--sync`."""
+    from inspectd.ops import label_formats
     from inspectd.ops import labels as lab
 
     engine = engine_for(obj)
     try:
         if import_csv is not None:
-            labeled, added = lab.import_csv(engine, import_csv, by)
+            labeled, added = label_formats.import_csv(engine, import_csv, by)
             click.echo(f"labeled {labeled} results, added {added} examples")
+        elif import_labelstudio is not None:
+            labeled, unannotated = label_formats.import_labelstudio(engine, import_labelstudio, by)
+            click.echo(f"labeled {labeled} results; {unannotated} tasks had no annotation")
         elif sync:
             cfg = obj.config()
             report = lab.sync_folders(engine, cfg.paths.labels, cfg.watch.extensions, by)
@@ -108,7 +118,9 @@ def label(
             row = lab.label_result(engine, ref, label, by, lab.parse_box(box))
             click.echo(f"result {row.id} ({row.original_name}) labeled {label}; the model said {row.verdict}")
         else:
-            raise click.UsageError("give REF and LABEL, or --import CSV, or --sync")
+            raise click.UsageError(
+                "give REF and LABEL, or --import CSV, --import-labelstudio JSON, or --sync"
+            )
     except lab.LabelError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -167,3 +179,47 @@ def review(obj: Obj, limit: int, confident: int, fmt: str, explain_dir: Path | N
             + (f"  picture: {row['explain']}" if row.get("explain") else "")
         )
     click.echo(f"({len(rows)} to review; label with: inspectd label ID present|absent)")
+
+
+@cli.group("export")
+def export_group() -> None:
+    """Labels and the review queue in the formats other tools read."""
+
+
+@export_group.command("labelstudio")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--image-url", default=None, help="URL of each image: {id} and {stored_path} are filled in")
+@click.pass_obj
+def export_labelstudio(obj: Obj, out: Path, limit: int, image_url: str | None) -> None:
+    """The review queue as Label Studio tasks with the model's predictions (pre-annotations)."""
+    from inspectd.ops import label_formats
+    from inspectd.ops import labels as lab
+
+    items = lab.review(engine_for(obj), limit, max(1, limit // 5))
+    tasks = label_formats.labelstudio_tasks(items, image_url or label_formats.DEFAULT_IMAGE_URL)
+    out.write_text(json.dumps(tasks, indent=1) + "\n")
+    click.echo(f"wrote {len(tasks)} tasks to {out}")
+
+
+@export_group.command("imagefolder")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.pass_obj
+def export_imagefolder(obj: Obj, out: Path) -> None:
+    """Labeled images as OUT/present/ and OUT/absent/ (hard links where possible, else copies)."""
+    from inspectd.ops import label_formats
+
+    written, problems = label_formats.export_imagefolder(engine_for(obj), out)
+    for problem in problems:
+        click.echo(f"skipped {problem}", err=True)
+    click.echo(f"{written} labeled images in {out}")
+
+
+@export_group.command("csv")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_obj
+def export_csv(obj: Obj, out: Path) -> None:
+    """Labeled results as CSV: result_id, content_hash, file, label, x, y, w, h."""
+    from inspectd.ops import label_formats
+
+    click.echo(f"{label_formats.export_csv(engine_for(obj), out)} labeled results in {out}")

@@ -1,0 +1,260 @@
+"""The operators' pages: the review queue (label with one key), the results browser, the models page;
+and what they fetch: images and heatmaps by result id (never by a path from the request), the queue,
+labels. Pages are Jinja2 templates (autoescaped); the review page's keys live in static/review.js.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Engine, func, select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from inspectd.core import results
+from inspectd.core.config import Config
+from inspectd.core.db import Result
+from inspectd.core.records import Verdict
+from inspectd.core.registry import ModelRegistry, check_version
+from inspectd.ops import labels
+from inspectd.web.api import parse_query
+from inspectd.web.auth import COOKIE, Access, error
+from inspectd.web.explainer import Explainer
+
+HERE = Path(__file__).parent
+MAX_BODY = 4096  # a label is a few dozen bytes
+THUMB = 160
+PLOTS = ("roc", "pr", "confusion", "scores")
+PAGE = 50
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(ge=1)
+    label: Verdict | None  # None: undo (unlabeled again)
+    box: tuple[int, int, int, int] | None = None  # x, y, w, h in frame pixels, where the symbol is
+
+
+def routes(engine: Engine, access: Access, cfg: Config) -> list[BaseRoute]:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    explainer = Explainer(cfg, engine)
+    registry = ModelRegistry(cfg.paths.models)
+
+    def page(request: Request, name: str, **context: Any) -> Response:
+        if (refused := access.refusal(request)) is not None:
+            if refused.status_code == 401:
+                return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            return refused
+        return templates.TemplateResponse(request, name, {"open": access.open, **context})
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/review", status_code=303)
+
+    async def review_page(request: Request) -> Response:
+        return page(request, "review.html", station=cfg.station.name)
+
+    async def queue(request: Request) -> Response:
+        if (refused := access.refusal(request)) is not None:
+            return refused
+        items = dict(request.query_params)
+        limit = items.pop("limit", "20")
+        if not limit.isdigit() or not 1 <= int(limit) <= 200:
+            return error(400, "limit: a whole number from 1 to 200")
+        try:
+            filters, _ = parse_query(list(items.items()))
+        except ValueError as exc:
+            return error(400, str(exc))
+        if filters.model_version is None:  # after a promotion: what the running model scored
+            running = await run_in_threadpool(_running_version, engine, filters.station or cfg.station.name)
+            if running is not None:
+                filters = filters.model_copy(update={"model_version": running})
+        rows = await run_in_threadpool(labels.review, engine, int(limit), max(1, int(limit) // 5), 0, filters)
+        return JSONResponse({"items": rows, "model_version": filters.model_version})
+
+    async def label(request: Request) -> Response:
+        if (refused := access.write_refusal(request)) is not None:
+            return refused
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return error(413, f"a label is at most {MAX_BODY} bytes")
+        try:
+            wanted = LabelIn.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error(400, f"{where}: {first['msg']}")
+        by = access.user(request)
+        return await run_in_threadpool(_write_label, engine, wanted, by)
+
+    async def image(request: Request) -> Response:
+        if (refused := access.refusal(request)) is not None:
+            return refused
+        row = await run_in_threadpool(_stored, engine, request.path_params["result_id"])
+        if row is None:
+            return error(404, "no such result")
+        size = THUMB if request.query_params.get("thumb") == "1" else None
+        png = await run_in_threadpool(_png, Path(row.stored_path), size)
+        if png is None:
+            return error(404, "the image is no longer where its row says (moved or deleted)")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def explain(request: Request) -> Response:
+        if (refused := access.refusal(request)) is not None:
+            return refused
+        row = await run_in_threadpool(_stored, engine, request.path_params["result_id"])
+        if row is None:
+            return error(404, "no such result")
+        png = await run_in_threadpool(explainer.png, Path(row.stored_path))
+        if png is None:
+            return error(404, "no heatmap: the image cannot be read or the model cannot be loaded")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+    async def results_page(request: Request) -> Response:
+        try:
+            filters, _ = parse_query(request.query_params.multi_items())
+        except ValueError as exc:
+            return error(400, str(exc))
+        rows = await run_in_threadpool(_page_of, engine, filters)
+        after = rows[-1]["id"] if len(rows) == PAGE else None
+        query = {k: v for k, v in request.query_params.items() if k != "after"}
+        return page(request, "results.html", rows=rows, after=after, query=query)
+
+    async def models_page(request: Request) -> Response:
+        versions = await run_in_threadpool(_versions, registry, engine, cfg)
+        return page(request, "models.html", versions=versions)
+
+    async def plot(request: Request) -> Response:
+        if (refused := access.refusal(request)) is not None:
+            return refused
+        version, name = request.path_params["version"], request.path_params["plot"]
+        if not check_version(version) or name not in PLOTS:
+            return error(404, "no such plot")
+        path = cfg.paths.runs / f"retrain-{version}" / "holdout-candidate" / f"{name}.png"
+        if not path.is_file():
+            return error(404, "no such plot")
+        return Response(path.read_bytes(), media_type="image/png")
+
+    async def login_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "login.html", {"failed": False, "open": access.open})
+
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        token = str(form.get("token", ""))[:256]
+        target = str(request.query_params.get("next", "/review"))
+        target = target if target.startswith("/") and not target.startswith("//") else "/review"
+        if not any(token == t for _, t in access.tokens):
+            context = {"failed": True, "open": access.open}
+            return templates.TemplateResponse(request, "login.html", context, status_code=401)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+        return response
+
+    return [
+        Route("/", home, methods=["GET"]),
+        Route("/review", review_page, methods=["GET"]),
+        Route("/results", results_page, methods=["GET"]),
+        Route("/models", models_page, methods=["GET"]),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/ui/api/queue", queue, methods=["GET"]),
+        Route("/ui/api/labels", label, methods=["POST"]),
+        Route("/ui/results/{result_id:int}/image", image, methods=["GET"]),
+        Route("/ui/results/{result_id:int}/explain", explain, methods=["GET"]),
+        Route("/ui/models/{version}/{plot}", plot, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+
+
+def _running_version(engine: Engine, station: str) -> str | None:
+    """The version of the station's newest result: what it runs now."""
+    statement = (
+        select(Result.model_version)
+        .where(Result.station == station, Result.model_version.is_not(None))
+        .order_by(Result.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        return conn.execute(statement).scalar_one_or_none()
+
+
+def _write_label(engine: Engine, wanted: LabelIn, by: str | None) -> Response:
+    try:
+        if wanted.label is None:
+            row = labels.clear_label(engine, wanted.id)
+        else:
+            if wanted.box is not None and wanted.label is not Verdict.PRESENT:
+                return error(400, "box: only a present label has a box")
+            row = labels.label_result(engine, str(wanted.id), wanted.label.value, by, wanted.box)
+    except labels.LabelError as exc:
+        return error(404, str(exc))
+    return JSONResponse(
+        {"id": row.id, "label": row.label, "labeled_by": row.labeled_by, "label_box": row.label_box}
+    )
+
+
+def _stored(engine: Engine, result_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(Result.stored_path).where(Result.id == result_id)).one_or_none()
+
+
+def _png(path: Path, size: int | None) -> bytes | None:
+    """The archived image as an 8-bit PNG a browser shows (16-bit, TIFF, BMP too), at most ``size`` px."""
+    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        return None
+    if frame.dtype != np.uint8:
+        frame = cv2.convertScaleAbs(frame, alpha=255.0 / float(max(1, int(frame.max()))))
+    if size is not None:
+        scale = size / max(frame.shape[:2])
+        if scale < 1:
+            frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", frame)
+    return bytes(buf.tobytes()) if ok else None
+
+
+def _page_of(engine: Engine, filters: results.Filters) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return results.as_dicts(conn.execute(results.query(filters).limit(PAGE)))
+
+
+def _versions(registry: ModelRegistry, engine: Engine, cfg: Config) -> list[dict[str, Any]]:
+    """Each version: its holdout metrics, the stations whose newest result it scored, its plots."""
+    with engine.connect() as conn:
+        newest = select(Result.station, func.max(Result.id).label("id")).group_by(Result.station).subquery()
+        live = conn.execute(
+            select(Result.station, Result.model_version).join(newest, Result.id == newest.c.id)
+        )
+        stations: dict[str, list[str]] = {}
+        for station, version in live:
+            stations.setdefault(version or "", []).append(station)
+    active = registry.active_version()
+    out = []
+    for meta in reversed(registry.list_versions()):
+        run = cfg.paths.runs / f"retrain-{meta.version}" / "holdout-candidate"
+        report = run / "report.json"
+        worst = (
+            json.loads(report.read_text()).get("worst_false_positives", [])[:5] if report.is_file() else []
+        )
+        out.append(
+            {
+                "version": meta.version,
+                "active": meta.version == active,
+                "stations": sorted(stations.get(meta.version, [])),
+                "holdout": meta.metrics.get("holdout", {}),
+                "decision": meta.metrics.get("decision"),
+                "plots": [p for p in PLOTS if (run / f"{p}.png").is_file()],
+                "worst": worst,
+                "created": str(meta.created_at)[:19] if getattr(meta, "created_at", None) else "",
+            }
+        )
+    return out
