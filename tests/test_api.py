@@ -274,3 +274,44 @@ def test_a_label_write_with_bad_input_is_a_4xx_and_changes_nothing(
     assert get(upgraded.port, "/ui/results/99/image")[0] == 404
     assert server.stop() == 0
     engine.dispose()
+
+
+def test_no_path_from_the_request_reaches_the_filesystem(
+    serve: Callable[[], Server], upgraded: Workspace
+) -> None:
+    server = serve()
+    import http.client
+
+    for path in (
+        "/ui/results/../../etc/passwd/image",
+        "/ui/results/%2e%2e%2f%2e%2e%2fetc%2fpasswd/image",
+        "/static/../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/ui/models/../../etc/passwd",
+        "/ui/models/v1/..%2f..%2fetc%2fpasswd",
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", upgraded.port, timeout=10)
+        conn.request("GET", path)  # sent as is, not normalised by a client library
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 404 and b"root:" not in body, (path, response.status)
+        conn.close()
+    assert server.stop() == 0
+
+
+def test_beyond_loopback_without_tokens_no_label_is_taken(
+    serve: Callable[[], Server], upgraded: Workspace
+) -> None:
+    engine = sa.create_engine(upgraded.db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Result), fake_rows(1))
+    upgraded.write_config(http={"listen": f"0.0.0.0:{upgraded.port}"})
+    server = serve()
+    headers = {"Content-Type": "application/json", "X-Inspectd-Request": "1"}
+    status, body = post(
+        upgraded.port, "/ui/api/labels", json.dumps({"id": 1, "label": "present"}).encode(), headers
+    )
+    assert status == 403 and "token_file" in body["error"]
+    assert upgraded.rows()[0]["label"] is None
+    assert server.stop() == 0
+    engine.dispose()

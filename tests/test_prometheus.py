@@ -47,9 +47,9 @@ def test_committed_dashboard_is_generated() -> None:
 def test_rules_check_and_unit_tests() -> None:
     check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 10 rules found" in check.stdout
+    assert "SUCCESS: 16 rules found" in check.stdout
     unit = subprocess.run(
-        ["promtool", "test", "rules", "inspectd-rules.test.yml"],
+        ["promtool", "test", "rules", "inspectd-rules.test.yml", "inspectd-rules.week.test.yml"],
         cwd=RULES.parent,
         capture_output=True,
         text=True,
@@ -132,6 +132,7 @@ def grafana_to_promql(expr: str) -> str:
 def test_real_prometheus_scrapes_the_daemon(
     daemon: Callable[..., DaemonProcess], upgraded: Workspace, prometheus_for: Callable[[int], Prometheus]
 ) -> None:
+    upgraded.write_config(model={"num_threads": 1, "quality_refresh_s": 1})
     proc = daemon()
     _, text = proc.get("/metrics")
     lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
@@ -156,8 +157,21 @@ def test_real_prometheus_scrapes_the_daemon(
 
         wait_until(counted, 30, f"Prometheus to see {images} images")
 
+    # operators label: one result as the model said, one against it (the quality panels need labels)
+    rows = [r for r in upgraded.rows() if r["status"] == "ok"]
+    said_present = next(r for r in rows if r["verdict"] == "present")
+    said_absent = next(r for r in rows if r["verdict"] == "absent")
+    upgraded.cli("label", str(said_present["id"]), "present", "--by", "ana")
+    upgraded.cli("label", str(said_absent["id"]), "present", "--by", "ana")  # a miss
+    wait_until(
+        lambda: len(prom.query('inspectd_labeled_results{window="1d"}')) >= 2, 60, "the labels in Prometheus"
+    )
     board = build()
+    for annotation in board["annotations"]["list"]:  # valid PromQL (the API answers 400 otherwise)
+        prom.api("query", query=grafana_to_promql(annotation["expr"]))
     for expr in expressions(board):
+        if "_drift" in expr:
+            continue  # needs 600 scores: test_a_darker_stream_drifts_and_the_alert_is_pending, below
         promql = grafana_to_promql(expr)
         result = prom.query(promql)
         assert result, f"no data for dashboard expression: {promql}"
@@ -167,7 +181,7 @@ def test_real_prometheus_scrapes_the_daemon(
         rules = [r for g in groups for r in g["rules"]]
         return (
             rules
-            if len(rules) == 10 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules)
+            if len(rules) == 16 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules)
             else None
         )
 
@@ -183,3 +197,47 @@ def test_example_prometheus_config(tmp_path: Path) -> None:
     config.write_text(example.replace("/etc/prometheus/inspectd-rules.yml", str(RULES)))
     check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def darker(png: bytes, factor: float) -> bytes:
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    ok, buf = cv2.imencode(".png", (image.astype(np.float32) * factor).astype(image.dtype))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+@needs_prometheus
+@pytest.mark.slow
+def test_a_darker_stream_drifts_and_the_alert_is_pending(
+    daemon: Callable[..., DaemonProcess], upgraded: Workspace, prometheus_for: Callable[[int], Prometheus]
+) -> None:
+    """The bundled version has no stored reference: its first 500 results here are it. Then the
+    camera's images get darker: the input-drift gauge passes 0.25 and the alert's expression holds in a
+    real Prometheus (pending: it fires after its 30 minutes)."""
+    from inspectd.ops.synth import SynthSpec
+
+    spec = SynthSpec(width=256, height=256)
+    upgraded.write_config(model={"num_threads": 1, "quality_refresh_s": 1})
+    proc = daemon()
+    prom = prometheus_for(upgraded.port)
+    for i in range(500):
+        upgraded.drop(f"n{i:03d}.png", png_bytes(30_000 + i, spec=spec))
+    proc.wait_rows(500, timeout=120)
+    assert not prom.query("inspectd_input_drift")
+    for i in range(150):
+        upgraded.drop(f"d{i:03d}.png", darker(png_bytes(31_000 + i, spec=spec), 0.4))
+    proc.wait_rows(650, timeout=120)
+    drifted = wait_until(
+        lambda: prom.query('inspectd_input_drift{statistic="brightness"} > 0.25'), 60, "brightness drift"
+    )
+    assert float(drifted[0]["value"][1]) > 0.25
+    wait_until(
+        lambda: prom.query('ALERTS{alertname="InspectdInputDrift", alertstate="pending"}'),
+        60,
+        "the drift alert pending",
+    )
+    assert proc.stop() == 0

@@ -176,6 +176,8 @@ def test_too_few_labels(upgraded: Workspace, tmp_path: Path) -> None:
     result = upgraded.cli("retrain", "--data", str(data), check=False)
     assert result.returncode == 65
     assert "labeled" in result.stderr and "min_per_class" in result.stderr
+    status = json.loads((upgraded.root / "var" / "runs" / "last-retrain.json").read_text())
+    assert status["outcome"] == "failed" and "min_per_class" in status["detail"]
 
 
 def test_live_switch_loses_and_doubles_nothing(daemon: Start, upgraded: Workspace) -> None:
@@ -332,10 +334,12 @@ def test_retrain_does_not_activate_over_a_promotion_made_while_it_trained(
     assert "NOT PROMOTED" in result.output
     assert f"registry pointer {start} -> meanwhile-1" in result.output
     assert "installed, not activated" in result.stderr
-    (run,) = (upgraded.root / "var" / "runs").glob("retrain-*")
+    (run,) = (p for p in (upgraded.root / "var" / "runs").glob("retrain-*") if p.is_dir())
     summary = json.loads((run / "summary.json").read_text())
     version = summary["version"]
     assert summary["promoted"] is False and summary["active_version"] == start
+    status = json.loads((upgraded.root / "var" / "runs" / "last-retrain.json").read_text())
+    assert status["outcome"] == "superseded" and status["version"] == version  # inspectd_retrain_last
     assert "database promotion (none) -> meanwhile-1" in summary["superseded"]
     # the promotion made meanwhile stands, in the registry and in the database; the new version is there
     assert registry.active_version() == "meanwhile-1"

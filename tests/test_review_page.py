@@ -163,3 +163,53 @@ def test_with_tokens_the_page_asks_to_sign_in_and_signs_labels(
     wait_until(labeled(browser, str(first)), 10, "the label saved")
     assert row(upgraded, first)["labeled_by"] == "lee"
     assert proc.stop() == 0
+
+
+def test_twenty_labels_by_keyboard_then_a_retrain_on_them(
+    daemon: Start, upgraded: Workspace, browser: Any
+) -> None:
+    """The whole loop: 20 results labeled through the page, exactly those 20 in the database, and
+    ``inspectd retrain`` trains on them."""
+    import json
+
+    upgraded.write_config(
+        retrain={
+            "backbone": "small_cnn",
+            "head": "global",
+            "epochs": 1,
+            "input_size": 32,
+            "min_per_class": 2,
+            "quantize": "none",
+            "batch_size": 8,
+            "seed": 2,  # a split of these 20 images with both classes on every side
+            "validation_fraction": 0.3,
+            "holdout_fraction": 0.3,
+            "augment": {"source_copies": 0},
+        }
+    )
+    proc = daemon()
+    truth = {}
+    for i in range(20):
+        present = i % 2 == 1
+        upgraded.drop(f"k{i:02d}.png", png_bytes(8200 + i, present=present))
+        truth[f"k{i:02d}.png"] = "present" if present else "absent"
+    rows = proc.wait_rows(20)
+    names = {r["id"]: r["original_name"] for r in rows}
+    browser.get(proc.url("/review?limit=24"))
+    given: dict[int, str] = {}
+    for _ in range(20):
+        result_id = shown(browser)
+        while result_id in given:  # the page moved on when the label was saved
+            result_id = shown(browser)
+        value = truth[names[result_id]]
+        press(browser, "p" if value == "present" else "a")
+        wait_until(labeled(browser, str(result_id)), 10, f"label {len(given) + 1} saved")
+        given[result_id] = value
+    stored = {r["id"]: r["label"] for r in upgraded.rows() if r["label"] is not None}
+    assert stored == given and len(stored) == 20
+    assert proc.stop() == 0
+    result = upgraded.cli("retrain", "--force", check=False, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (p for p in (upgraded.root / "var" / "runs").glob("retrain-*") if p.is_dir())
+    split = json.loads((run / "summary.json").read_text())["training"]["split"]
+    assert sum(c for part in split.values() for c in part.values()) == 20

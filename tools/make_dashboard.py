@@ -115,6 +115,36 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str, int]] = [
     ("Ready", "short", [(f"min(inspectd_ready{{{SEL}}})", "ready")], "stat", 6),
     ("Database up", "short", [(f"min(inspectd_db_up{{{SEL}}})", "database")], "stat", 6),
     (
+        "Precision and recall from operators' labels (7 days)",
+        "percentunit",
+        [
+            (
+                f'sum by (model_version) (inspectd_labeled_results{{{SEL}, window="7d", verdict="present", '
+                'label="present"}) / sum by (model_version) '
+                f'(inspectd_labeled_results{{{SEL}, window="7d", verdict="present"}})',
+                "precision {{model_version}}",
+            ),
+            (
+                f'sum by (model_version) (inspectd_labeled_results{{{SEL}, window="7d", verdict="present", '
+                'label="present"}) / sum by (model_version) '
+                f'(inspectd_labeled_results{{{SEL}, window="7d", label="present"}})',
+                "recall {{model_version}}",
+            ),
+        ],
+        "ts",
+        12,
+    ),
+    (
+        "Drift against the version's reference (PSI; over 0.25: a shift)",
+        "short",
+        [
+            (f"max by (instance, model_version) (inspectd_score_drift{{{SEL}}})", "scores {{instance}}"),
+            (f"max by (instance, statistic) (inspectd_input_drift{{{SEL}}})", "{{statistic}} {{instance}}"),
+        ],
+        "ts",
+        12,
+    ),
+    (
         "MQTT: results acknowledged and failures",
         "reqps",
         [
@@ -189,6 +219,18 @@ def build() -> dict[str, Any]:
             .include_all(True)
             .multi(True)
             .all_value(".*")
+        )
+        .annotation(
+            # a promotion (or rollback) marked where a station started running another version
+            dashboard.AnnotationQuery()
+            .name("Model switches")
+            .datasource(DS)
+            .enable(True)
+            .icon_color("purple")
+            .expr(
+                f"count by (instance, version) (inspectd_model_info{{{SEL}}}) unless "
+                f"count by (instance, version) (inspectd_model_info{{{SEL}}} offset 1m)"
+            )
         )
         .with_variable(
             dashboard.QueryVariable("instance")

@@ -170,6 +170,8 @@ class ModelConfig(Section):
     # database for this station or for all (when follow_database); else the registry's own pointer.
     pin: str | None = Field(default=None, min_length=1, max_length=64)
     follow_database: bool = True
+    # how often the model-quality gauges (labels, score and input drift) are recomputed from the database
+    quality_refresh_s: PositiveFloat = 60.0
     # x, y, w, h of the area the symbol can be in: pixels, or fractions of the frame when all are <= 1
     roi: tuple[float, float, float, float] | None = None
     # Tiles of this many frame pixels, each resized to the model's input: overrides the version's own

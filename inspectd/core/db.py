@@ -77,13 +77,16 @@ class Result(Base):
     station: Mapped[str] = mapped_column(String(64), index=True)
     label: Mapped[str | None] = mapped_column(String(8))
     labeled_by: Mapped[str | None] = mapped_column(String(128))
-    labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     # tiled models: the best tile, where the symbol was found (frame pixels)
     box_x: Mapped[int | None] = mapped_column(Integer)
     box_y: Mapped[int | None] = mapped_column(Integer)
     box_w: Mapped[int | None] = mapped_column(Integer)
     box_h: Mapped[int | None] = mapped_column(Integer)
     label_box: Mapped[str | None] = mapped_column(String(64))  # "x,y,w,h": where a human saw the symbol
+    # what the model saw: the mean and standard deviation of its inputs (0-1), for the input-drift gauges
+    brightness: Mapped[float | None] = mapped_column(Float)
+    contrast: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         CheckConstraint("verdict IN ('present', 'absent')", name="verdict"),

@@ -127,6 +127,8 @@ class Decoded:
     height: int
     tiles: npt.NDArray[np.float32]  # (N, H, W, 1) float32 in [0, 1], at the model's input size
     boxes: tuple[Box, ...]  # where each of the N inputs lies in the frame
+    brightness: float | None = None  # mean of the model's inputs, 0-1 (the drift gauges compare it)
+    contrast: float | None = None  # their standard deviation
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from inspectd import __version__, web
 from inspectd.core import db, logs, retry
 from inspectd.core.config import Config
-from inspectd.core.registry import ModelRegistry
+from inspectd.core.registry import ModelRegistry, RegistryError
 from inspectd.core.retry import Aborted
 from inspectd.daemon import jobs, memory, signals
 from inspectd.daemon.commit import archive
@@ -132,6 +132,16 @@ class Daemon:
             )
             self.publisher.start()
             self._stack.callback(self.publisher.stop)
+        pipeline = self.pipeline
+        registry = self.models.registry
+        self.metrics.quality.start(
+            self.engine,
+            lambda: pipeline.model.version,
+            cfg.model.quality_refresh_s,
+            cfg.paths.runs,
+            lambda version: _reference(registry, version),
+        )
+        self._stack.callback(self.metrics.quality.stop)
         self.watch = Watch(cfg, self.readiness, self.health)
         self.watch.start()
         self._stack.callback(self.watch.stop)
@@ -295,3 +305,12 @@ class Daemon:
     def _stop_intake(self) -> None:
         self.intake.abandon()  # already drained after a normal stop
         self.intake.join(timeout=5)
+
+
+def _reference(registry: ModelRegistry, version: str) -> dict[str, list[float]] | None:
+    """The binned validation-set distributions a version keeps (retrain), or None (the bundled model)."""
+    try:
+        stored = registry.read_meta(version).metrics.get("reference")
+    except (RegistryError, OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None

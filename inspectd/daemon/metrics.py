@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from inspectd import __version__
 from inspectd.core.records import Disposition, Outcome
+from inspectd.daemon.quality import Quality
 
 disable_created_metrics()  # type: ignore[no-untyped-call] # the *_created series only add cardinality for dashboards
 
@@ -130,6 +131,7 @@ class Metrics:
         self.mqtt_connected = Gauge("inspectd_mqtt_connected", "1 while connected to the broker", registry=r)
         for kind in ("connect", "publish"):
             self.mqtt_failures.labels(kind)  # exported as 0 from the start: rates and alerts have a series
+        self.quality = Quality(r, station)  # refreshed from the database by its own thread
         self.info.info({"version": __version__})
 
     def record(self, outcome: Outcome) -> None:

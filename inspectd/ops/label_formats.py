@@ -52,7 +52,8 @@ class CsvRow:
 def read_csv(path: Path) -> Iterator[CsvRow | str]:
     """Each data row of a labels CSV, or a problem naming its line. With a header (a ``label`` column),
     columns are found by name: the reference is the first filled of ``result_id``, ``id``,
-    ``content_hash``, ``hash``, ``file``, ``name``, ``path``; the box ``x``, ``y``, ``w``, ``h``. Without one: file, label, x, y, w, h."""
+    ``content_hash``, ``hash``, ``file``, ``name``, ``path``; the box ``x``, ``y``, ``w``, ``h``. Without
+    one: file, label, x, y, w, h."""
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)

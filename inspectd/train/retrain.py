@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 
-from inspectd.core import activations, logs
+from inspectd.core import activations, drift, logs
 from inspectd.core.config import Config
 from inspectd.core.registry import (
     HOLDOUT_FILE,
@@ -27,7 +28,7 @@ from inspectd.core.registry import (
 from inspectd.core.retrain_config import RetrainConfig
 from inspectd.daemon.intake.decode import DecodeLimits
 from inspectd.model.active import wanted
-from inspectd.model.runtime import Inferencer, ModelLoadError, max_inputs_for
+from inspectd.model.runtime import Inferencer, ModelLoadError, max_inputs_for, sigmoid
 from inspectd.ops import labels
 from inspectd.train.convert import Converted, convert, export_version
 from inspectd.train.data.composite import Artwork, ArtworkError, load_artwork
@@ -57,15 +58,27 @@ class Outcome:
 
 def calibrate_converted(
     trained: Trained, rc: RetrainConfig, size: tuple[int, int]
-) -> tuple[Converted, tuple[float, float], float]:
+) -> tuple[Converted, tuple[float, float], float, dict[str, list[float]]]:
     """Convert (quantized as configured), then fit calibration and threshold on the converted network's
-    validation logits: the scores the daemon will compute."""
+    validation logits: the scores the daemon will compute. Also the reference the daemon's drift gauges
+    compare with: the binned calibrated scores of the validation frames, and the brightness and
+    contrast of the validation inputs (core/drift.py)."""
     converted = convert(
         trained.model, size, rc.quantize, trained.representative, trained.check_x, trained.check_y
     )
     logits, labels = trained.frames(converted.logits)
     calibration, threshold = report.calibrate(labels, logits, rc.threshold_policy, rc.target_recall)
-    return converted, calibration, threshold
+    a, b = calibration
+    scores = sigmoid(np.float32(a) * logits + np.float32(b))
+    x = trained.check_x.reshape(len(trained.check_x), -1)
+    reference = drift.reference(
+        {
+            "score": [float(s) for s in scores],
+            "brightness": [float(v) for v in x.mean(axis=1)],
+            "contrast": [float(v) for v in x.std(axis=1)],
+        }
+    )
+    return converted, calibration, threshold, reference
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,7 @@ def retrain(
         "holdout": cand_report.metrics.as_dict(),
         "compared_with": run.active_version,
         "decision": decision,
+        "reference": meta.metrics.get("reference"),  # what the daemon's drift gauges compare with
     }
     write_meta(candidate_dir, meta.model_copy(update={"metrics": final}))
     run.registry.install(candidate_dir)
@@ -161,7 +175,8 @@ def _begin(cfg: Config, engine: Engine, rc: RetrainConfig) -> Run:
 
 def _export(rc: RetrainConfig, run: Run, trained: Trained, parts: Split) -> tuple[ModelMeta, dict[str, Any]]:
     """Convert, calibrate on the converted network, and write the candidate version folder."""
-    converted, calibration, threshold = calibrate_converted(trained, rc, (rc.input_size, rc.input_size))
+    size = (rc.input_size, rc.input_size)
+    converted, calibration, threshold, reference = calibrate_converted(trained, rc, size)
     training = {
         "tile": rc.tile,
         "tile_overlap": rc.tile_overlap if rc.tile else None,
@@ -183,7 +198,7 @@ def _export(rc: RetrainConfig, run: Run, trained: Trained, parts: Split) -> tupl
         threshold,
         calibration,
         trained.samples,
-        {},
+        {"reference": reference},
         training,
         tiling,
     )

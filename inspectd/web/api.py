@@ -99,7 +99,8 @@ def bad_request(message: str) -> JSONResponse:
 
 
 def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1: the parameters from ``results.Filters``, the result from the table's columns."""
+    """OpenAPI 3.1: the parameters from ``results.Filters``, the result from the table's columns.
+    (Long: a declaration, the document's shape spelled out; no logic.)"""
     schema = results.Filters.model_json_schema(ref_template="#/components/schemas/{model}")
     descriptions = {
         "since": f"only results processed since then: {results.SINCE_HELP}",

@@ -45,26 +45,32 @@ class LabelIn(BaseModel):
     box: tuple[int, int, int, int] | None = None  # x, y, w, h in frame pixels, where the symbol is
 
 
-def routes(engine: Engine, access: Access, cfg: Config) -> list[BaseRoute]:
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
-    explainer = Explainer(cfg, engine)
-    registry = ModelRegistry(cfg.paths.models)
+class Pages:
+    """The handlers; ``routes()`` mounts them."""
 
-    def page(request: Request, name: str, **context: Any) -> Response:
-        if (refused := access.refusal(request)) is not None:
+    def __init__(self, engine: Engine, access: Access, cfg: Config) -> None:
+        self.engine = engine
+        self.access = access
+        self.cfg = cfg
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.explainer = Explainer(cfg, engine)
+        self.registry = ModelRegistry(cfg.paths.models)
+
+    def page(self, request: Request, name: str, **context: Any) -> Response:
+        if (refused := self.access.refusal(request)) is not None:
             if refused.status_code == 401:
                 return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
             return refused
-        return templates.TemplateResponse(request, name, {"open": access.open, **context})
+        return self.templates.TemplateResponse(request, name, {"open": self.access.open, **context})
 
-    async def home(request: Request) -> Response:
+    async def home(self, request: Request) -> Response:
         return RedirectResponse("/review", status_code=303)
 
-    async def review_page(request: Request) -> Response:
-        return page(request, "review.html", station=cfg.station.name)
+    async def review_page(self, request: Request) -> Response:
+        return self.page(request, "review.html", station=self.cfg.station.name)
 
-    async def queue(request: Request) -> Response:
-        if (refused := access.refusal(request)) is not None:
+    async def queue(self, request: Request) -> Response:
+        if (refused := self.access.refusal(request)) is not None:
             return refused
         items = dict(request.query_params)
         limit = items.pop("limit", "20")
@@ -75,14 +81,18 @@ def routes(engine: Engine, access: Access, cfg: Config) -> list[BaseRoute]:
         except ValueError as exc:
             return error(400, str(exc))
         if filters.model_version is None:  # after a promotion: what the running model scored
-            running = await run_in_threadpool(_running_version, engine, filters.station or cfg.station.name)
+            running = await run_in_threadpool(
+                _running_version, self.engine, filters.station or self.cfg.station.name
+            )
             if running is not None:
                 filters = filters.model_copy(update={"model_version": running})
-        rows = await run_in_threadpool(labels.review, engine, int(limit), max(1, int(limit) // 5), 0, filters)
+        rows = await run_in_threadpool(
+            labels.review, self.engine, int(limit), max(1, int(limit) // 5), 0, filters
+        )
         return JSONResponse({"items": rows, "model_version": filters.model_version})
 
-    async def label(request: Request) -> Response:
-        if (refused := access.write_refusal(request)) is not None:
+    async def label(self, request: Request) -> Response:
+        if (refused := self.access.write_refusal(request)) is not None:
             return refused
         body = await request.body()
         if len(body) > MAX_BODY:
@@ -93,13 +103,13 @@ def routes(engine: Engine, access: Access, cfg: Config) -> list[BaseRoute]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return error(400, f"{where}: {first['msg']}")
-        by = access.user(request)
-        return await run_in_threadpool(_write_label, engine, wanted, by)
+        by = self.access.user(request)
+        return await run_in_threadpool(_write_label, self.engine, wanted, by)
 
-    async def image(request: Request) -> Response:
-        if (refused := access.refusal(request)) is not None:
+    async def image(self, request: Request) -> Response:
+        if (refused := self.access.refusal(request)) is not None:
             return refused
-        row = await run_in_threadpool(_stored, engine, request.path_params["result_id"])
+        row = await run_in_threadpool(_stored, self.engine, request.path_params["result_id"])
         if row is None:
             return error(404, "no such result")
         size = THUMB if request.query_params.get("thumb") == "1" else None
@@ -108,71 +118,78 @@ def routes(engine: Engine, access: Access, cfg: Config) -> list[BaseRoute]:
             return error(404, "the image is no longer where its row says (moved or deleted)")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    async def explain(request: Request) -> Response:
-        if (refused := access.refusal(request)) is not None:
+    async def explain(self, request: Request) -> Response:
+        if (refused := self.access.refusal(request)) is not None:
             return refused
-        row = await run_in_threadpool(_stored, engine, request.path_params["result_id"])
+        row = await run_in_threadpool(_stored, self.engine, request.path_params["result_id"])
         if row is None:
             return error(404, "no such result")
-        png = await run_in_threadpool(explainer.png, Path(row.stored_path))
+        png = await run_in_threadpool(self.explainer.png, Path(row.stored_path))
         if png is None:
             return error(404, "no heatmap: the image cannot be read or the model cannot be loaded")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
-    async def results_page(request: Request) -> Response:
+    async def results_page(self, request: Request) -> Response:
         try:
             filters, _ = parse_query(request.query_params.multi_items())
         except ValueError as exc:
             return error(400, str(exc))
-        rows = await run_in_threadpool(_page_of, engine, filters)
+        rows = await run_in_threadpool(_page_of, self.engine, filters)
         after = rows[-1]["id"] if len(rows) == PAGE else None
         query = {k: v for k, v in request.query_params.items() if k != "after"}
-        return page(request, "results.html", rows=rows, after=after, query=query)
+        return self.page(request, "results.html", rows=rows, after=after, query=query)
 
-    async def models_page(request: Request) -> Response:
-        versions = await run_in_threadpool(_versions, registry, engine, cfg)
-        return page(request, "models.html", versions=versions)
+    async def models_page(self, request: Request) -> Response:
+        versions = await run_in_threadpool(_versions, self.registry, self.engine, self.cfg)
+        return self.page(request, "models.html", versions=versions)
 
-    async def plot(request: Request) -> Response:
-        if (refused := access.refusal(request)) is not None:
+    async def plot(self, request: Request) -> Response:
+        if (refused := self.access.refusal(request)) is not None:
             return refused
         version, name = request.path_params["version"], request.path_params["plot"]
         if not check_version(version) or name not in PLOTS:
             return error(404, "no such plot")
-        path = cfg.paths.runs / f"retrain-{version}" / "holdout-candidate" / f"{name}.png"
+        path = self.cfg.paths.runs / f"retrain-{version}" / "holdout-candidate" / f"{name}.png"
         if not path.is_file():
             return error(404, "no such plot")
         return Response(path.read_bytes(), media_type="image/png")
 
-    async def login_page(request: Request) -> Response:
-        return templates.TemplateResponse(request, "login.html", {"failed": False, "open": access.open})
+    async def login_page(self, request: Request) -> Response:
+        return self.templates.TemplateResponse(
+            request, "login.html", {"failed": False, "open": self.access.open}
+        )
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         form = await request.form()
         token = str(form.get("token", ""))[:256]
         target = str(request.query_params.get("next", "/review"))
         target = target if target.startswith("/") and not target.startswith("//") else "/review"
-        if not any(token == t for _, t in access.tokens):
-            context = {"failed": True, "open": access.open}
-            return templates.TemplateResponse(request, "login.html", context, status_code=401)
+        if not any(token == t for _, t in self.access.tokens):
+            context = {"failed": True, "open": self.access.open}
+            return self.templates.TemplateResponse(request, "login.html", context, status_code=401)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
         return response
 
-    return [
-        Route("/", home, methods=["GET"]),
-        Route("/review", review_page, methods=["GET"]),
-        Route("/results", results_page, methods=["GET"]),
-        Route("/models", models_page, methods=["GET"]),
-        Route("/login", login_page, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/ui/api/queue", queue, methods=["GET"]),
-        Route("/ui/api/labels", label, methods=["POST"]),
-        Route("/ui/results/{result_id:int}/image", image, methods=["GET"]),
-        Route("/ui/results/{result_id:int}/explain", explain, methods=["GET"]),
-        Route("/ui/models/{version}/{plot}", plot, methods=["GET"]),
-        Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
-    ]
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.home, methods=["GET"]),
+            Route("/review", self.review_page, methods=["GET"]),
+            Route("/results", self.results_page, methods=["GET"]),
+            Route("/models", self.models_page, methods=["GET"]),
+            Route("/login", self.login_page, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/ui/api/queue", self.queue, methods=["GET"]),
+            Route("/ui/api/labels", self.label, methods=["POST"]),
+            Route("/ui/results/{result_id:int}/image", self.image, methods=["GET"]),
+            Route("/ui/results/{result_id:int}/explain", self.explain, methods=["GET"]),
+            Route("/ui/models/{version}/{plot}", self.plot, methods=["GET"]),
+            Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
+        ]
+
+
+def routes(engine: Engine, access: Access, cfg: Config) -> list[BaseRoute]:
+    return Pages(engine, access, cfg).routes()
 
 
 def _running_version(engine: Engine, station: str) -> str | None:

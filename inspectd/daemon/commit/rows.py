@@ -42,6 +42,8 @@ class NewRow:
     box_y: int | None = None
     box_w: int | None = None
     box_h: int | None = None
+    brightness: float | None = None
+    contrast: float | None = None
 
     def values(self) -> dict[str, Any]:
         """The insert's parameters."""
@@ -85,6 +87,8 @@ def new_row(item: Scored | Rejected, dest: Path, station: str, now: datetime) ->
     box = item.box or (None, None, None, None)
     return dataclasses.replace(
         row,
+        brightness=image.brightness,
+        contrast=image.contrast,
         model_version=item.model_version,
         threshold=item.threshold,
         score=item.score,

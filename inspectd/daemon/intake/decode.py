@@ -338,4 +338,5 @@ def decode_loaded(
         return Rejected(ready, digest, size_bytes, "too_large_to_decode", f"{len(boxes)} tiles: {exc}")
     except UnsupportedImage as exc:
         return Rejected(ready, digest, size_bytes, "unsupported_format", str(exc), width, height)
-    return Decoded(ready, digest, size_bytes, width, height, tiles, tuple(boxes))
+    brightness, contrast = float(tiles.mean()), float(tiles.std())
+    return Decoded(ready, digest, size_bytes, width, height, tiles, tuple(boxes), brightness, contrast)

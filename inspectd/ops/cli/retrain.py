@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from inspectd.core.config import Config
+from inspectd.core.retrain_status import Outcome as RetrainOutcome
 from inspectd.ops.cli.base import (
     BACKBONES,
     EX_DATAERR,
@@ -16,6 +19,8 @@ from inspectd.ops.cli.base import (
     cli,
     engine_for,
 )
+
+Status = tuple[RetrainOutcome, str, str | None]  # outcome, detail, version
 
 
 @cli.command()
@@ -70,34 +75,46 @@ def retrain(
     force: bool,
 ) -> None:
     """Train a new model version from the labeled images; promote it only if it is no worse."""
-    # long: the recipe's overrides from the options, then each failure mapped to its exit code
+    if input_size is not None and 0 < input_size < 32:
+        raise click.BadParameter("0 (chosen from the images) or 32 to 512", param_hint="--input-size")
+    from inspectd.core import retrain_status
+
+    cfg = obj.config()
+    status: Status = ("failed", "stopped before the end (an unexpected error, or interrupted)", None)
+    try:
+        overrides = {
+            "epochs": epochs,
+            "backbone": backbone,
+            "input_size": input_size,
+            "quantize": quantize,
+            "head": head,
+            "symbol": symbol,
+        }
+        status, code = _retrain(obj, cfg, data, force, overrides)
+    except click.ClickException as exc:
+        status = ("failed", exc.message, None)
+        raise
+    finally:
+        retrain_status.write(cfg.paths.runs, *status)
+    if code:
+        sys.exit(code)
+
+
+def _retrain(
+    obj: Obj, cfg: Config, data: Path | None, force: bool, overrides: dict[str, Any]
+) -> tuple[Status, int]:
+    """The retrain, and how it ended: (status, exit code): each failure mapped to its exit code."""
     from inspectd.model.runtime import ModelLoadError
     from inspectd.train.data.composite import ArtworkError
     from inspectd.train.data.dataset import NotEnoughLabels
     from inspectd.train.nets.backbones import WeightsUnavailable
     from inspectd.train.retrain import retrain as run_retrain
 
-    if input_size is not None and 0 < input_size < 32:
-        raise click.BadParameter("0 (chosen from the images) or 32 to 512", param_hint="--input-size")
-    cfg = obj.config()
     try:
-        outcome = run_retrain(
-            cfg,
-            engine_for(obj),
-            data,
-            force,
-            {
-                "epochs": epochs,
-                "backbone": backbone,
-                "input_size": input_size,
-                "quantize": quantize,
-                "head": head,
-                "symbol": symbol,
-            },
-        )
+        outcome = run_retrain(cfg, engine_for(obj), data, force, overrides)
     except (NotEnoughLabels, ArtworkError) as exc:
         click.echo(f"inspectd retrain: {exc}", err=True)
-        sys.exit(EX_DATAERR)
+        return ("failed", str(exc), None), EX_DATAERR
     except WeightsUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except ModelLoadError as exc:  # the new version would be refused by the daemon: nothing installed
@@ -117,4 +134,5 @@ def retrain(
             f"the retrain ({outcome.superseded}); promote it with `inspectd promote {outcome.version}`",
             err=True,
         )
-        sys.exit(EX_TEMPFAIL)
+        return ("superseded", outcome.decision, outcome.version), EX_TEMPFAIL
+    return ("promoted" if outcome.promoted else "refused", outcome.decision, outcome.version), 0
