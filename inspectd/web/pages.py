@@ -5,6 +5,7 @@ labels. Pages are Jinja2 templates (autoescaped); the review page's keys live in
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ class Pages:
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     async def results_page(self, request: Request) -> Response:
+        if self.access.refusal(request) is not None:
+            return self.page(request, "results.html")  # the sign-in redirect, or the refusal
         try:
             filters, _ = parse_query(request.query_params.multi_items())
         except ValueError as exc:
@@ -140,6 +143,8 @@ class Pages:
         return self.page(request, "results.html", rows=rows, after=after, query=query)
 
     async def models_page(self, request: Request) -> Response:
+        if self.access.refusal(request) is not None:
+            return self.page(request, "models.html")  # the sign-in redirect, or the refusal
         versions = await run_in_threadpool(_versions, self.registry, self.engine, self.cfg)
         return self.page(request, "models.html", versions=versions)
 
@@ -164,7 +169,7 @@ class Pages:
         token = str(form.get("token", ""))[:256]
         target = str(request.query_params.get("next", "/review"))
         target = target if target.startswith("/") and not target.startswith("//") else "/review"
-        if not any(token == t for _, t in self.access.tokens):
+        if not any(hmac.compare_digest(token.encode(), t.encode()) for _, t in self.access.tokens):
             context = {"failed": True, "open": self.access.open}
             return self.templates.TemplateResponse(request, "login.html", context, status_code=401)
         response = RedirectResponse(target, status_code=303)
