@@ -20,13 +20,13 @@ import warnings
 from dataclasses import dataclass
 
 import cv2
-import numpy as np
 from PIL import Image
 
 from inspectd.core.preprocess import UnsupportedImage
 from inspectd.core.records import Changed, Decoded, FileId, Loaded, OpenFile, ReadyFile, Rejected, Vanished
 from inspectd.core.tiles import View, boxes_for, cut
 from inspectd.daemon.intake.budget import UNBOUNDED, MemoryBudget, OverBudget, Reservation
+from inspectd.daemon.intake.pixels import decode_pixels
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 Image.MAX_IMAGE_PIXELS = None  # only the header is read; decode.max_pixels is the limit
@@ -306,7 +306,7 @@ def decode_loaded(
         return Rejected(ready, digest, len(content or b""), "unreadable", f"cannot read: {exc.strerror}")
     size_bytes = len(content)
     try:
-        image = cv2.imdecode(np.frombuffer(content, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        image = decode_pixels(content, limits.max_pixels)
     except cv2.error:
         return Rejected(
             ready,
