@@ -67,7 +67,13 @@ def labeled(driver: Any, marker: str) -> Callable[[], bool]:
 
 
 def shown(driver: Any) -> int:
-    wait_until(lambda: driver.find_element("id", "result-id").text.strip(), 20, "an item on the page")
+    """The id of the item on the page, once the page (after a navigation: the new one) shows it."""
+
+    def text() -> str:
+        found = driver.find_elements("id", "result-id")  # none yet while the previous page is still up
+        return str(found[0].text.strip()) if found else ""
+
+    wait_until(text, 20, "an item on the page")
     wait_until(
         lambda: driver.execute_script("return document.getElementById('image').naturalWidth > 0"),
         20,
@@ -211,5 +217,22 @@ def test_twenty_labels_by_keyboard_then_a_retrain_on_them(
     result = upgraded.cli("retrain", "--force", check=False, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (p for p in (upgraded.root / "var" / "runs").glob("retrain-*") if p.is_dir())
-    split = json.loads((run / "summary.json").read_text())["training"]["split"]
+    summary = json.loads((run / "summary.json").read_text())
+    split = summary["training"]["split"]
     assert sum(c for part in split.values() for c in part.values()) == 20
+    # the models page shows the new version's report: its plots, and its worst errors (results: thumbnails)
+    proc = daemon()
+    browser.get(proc.url("/models"))
+    article = browser.find_element("id", f"version-{summary['version']}")
+    plots = article.find_elements("css selector", ".plots img")
+    assert len(plots) == 4
+    wait_until(
+        lambda: all(browser.execute_script("return arguments[0].naturalWidth > 0", p) for p in plots),
+        20,
+        "plots",
+    )
+    report = json.loads((run / "holdout-candidate" / "report.json").read_text())
+    thumbs = article.find_elements("css selector", ".worst img")
+    assert len(thumbs) == len(report["worst_false_positives"][:5])  # every one of them is a result here
+    shot(browser, "models-after-retrain")
+    assert proc.stop() == 0

@@ -249,6 +249,21 @@ def _page_of(engine: Engine, filters: results.Filters) -> list[dict[str, Any]]:
         return results.as_dicts(conn.execute(results.query(filters).limit(PAGE)))
 
 
+def _worst(engine: Engine, report: Path) -> list[dict[str, Any]]:
+    """A report's most confident false positives; those that are results get their id (a thumbnail)."""
+    if not report.is_file():
+        return []
+    try:
+        worst = json.loads(report.read_text()).get("worst_false_positives", [])[:5]
+    except (OSError, ValueError):
+        return []
+    paths = [str(w.get("file", "")) for w in worst]
+    with engine.connect() as conn:
+        found = conn.execute(select(Result.stored_path, Result.id).where(Result.stored_path.in_(paths)))
+        ids = {path: result_id for path, result_id in found}
+    return [{**w, "id": ids.get(str(w.get("file", "")))} for w in worst]
+
+
 def _versions(registry: ModelRegistry, engine: Engine, cfg: Config) -> list[dict[str, Any]]:
     """Each version: its holdout metrics, the stations whose newest result it scored, its plots."""
     with engine.connect() as conn:
@@ -264,9 +279,7 @@ def _versions(registry: ModelRegistry, engine: Engine, cfg: Config) -> list[dict
     for meta in reversed(registry.list_versions()):
         run = cfg.paths.runs / f"retrain-{meta.version}" / "holdout-candidate"
         report = run / "report.json"
-        worst = (
-            json.loads(report.read_text()).get("worst_false_positives", [])[:5] if report.is_file() else []
-        )
+        worst = _worst(engine, report)
         out.append(
             {
                 "version": meta.version,
