@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -38,6 +39,13 @@ class Explanation:
     picture: Path
 
 
+def to_8bit(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """An image to look at: 8-bit as it is, deeper ones scaled so their brightest pixel is 255."""
+    if image.dtype == np.uint8:
+        return image
+    return np.asarray(cv2.convertScaleAbs(image, alpha=255.0 / float(max(1, int(image.max())))), np.uint8)
+
+
 def heatmap(
     width: int, height: int, boxes: tuple[Box, ...], scores: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
@@ -59,9 +67,7 @@ def explain(path: Path, model: ActiveModel, limits: DecodeLimits, out: Path) -> 
     frame = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     if frame is None:  # decoded a moment ago: replaced meanwhile
         raise ExplainError(f"{path}: no longer decodable")
-    gray = to_gray(frame)
-    if gray.dtype != np.uint8:
-        gray = cv2.convertScaleAbs(gray, alpha=255.0 / float(max(1, int(gray.max()))))
+    gray = to_8bit(to_gray(frame))
     tile_scores = model.runtime.scores(decoded.tiles)
     scored = model.runtime.decide(decoded, tile_scores, model.cfg.threshold, model.cfg.tile_reduce)
     heat = heatmap(decoded.width, decoded.height, decoded.boxes, tile_scores)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine, func, select
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +26,7 @@ from inspectd.core.db import Result
 from inspectd.core.records import Verdict
 from inspectd.core.registry import ModelRegistry, check_version
 from inspectd.ops import labels
+from inspectd.ops.explain import to_8bit
 from inspectd.web.api import parse_query
 from inspectd.web.auth import COOKIE, Access, error
 from inspectd.web.explainer import Explainer
@@ -234,8 +234,7 @@ def _png(path: Path, size: int | None) -> bytes | None:
     frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if frame is None:
         return None
-    if frame.dtype != np.uint8:
-        frame = cv2.convertScaleAbs(frame, alpha=255.0 / float(max(1, int(frame.max()))))
+    frame = to_8bit(frame)
     if size is not None:
         scale = size / max(frame.shape[:2])
         if scale < 1:
