@@ -224,9 +224,10 @@ class Daemon:
         while not self.should_exit:
             self.liveness.beat()
             now = time.monotonic()
-            if self.reload_requested:
+            if self.reload_requested:  # SIGHUP: now, and it counts as the poll (one load, not two)
                 self.reload_requested = False
                 self._poll_model(forced=True)
+                periodic.ran("model", now)
             periodic.due(now)
             batch = batcher.collect(self.intake, cfg.batch.max_size, max_wait_s, TAKE_TIMEOUT_S)
             if batch:

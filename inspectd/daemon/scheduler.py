@@ -22,6 +22,12 @@ class Scheduler:
         """Run ``run`` at ``first_at`` (a time.monotonic() value), then every ``seconds``."""
         self.jobs.append(Job(name, seconds, run, first_at))
 
+    def ran(self, name: str, now: float) -> None:
+        """``name`` was just run out of turn: its next run is an interval from now."""
+        for job in self.jobs:
+            if job.name == name:
+                job.due = now + job.every_s
+
     def due(self, now: float) -> list[str]:
         """Run the jobs that are due at ``now``, in the order they were added; their names."""
         ran = []
