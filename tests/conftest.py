@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from inspectd.daemon.commit import archive
 from inspectd.ops.synth import SynthSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +170,10 @@ class Workspace:
         )
 
     def waiting(self) -> list[Path]:
-        return sorted(self.incoming.iterdir()) if self.incoming.exists() else []
+        """What is in incoming, but a shared folder's ``.<token>.inspectd-alive`` marks (leases.py)."""
+        if not self.incoming.exists():
+            return []
+        return sorted(p for p in self.incoming.iterdir() if not p.name.endswith(archive.ALIVE_SUFFIX))
 
     def drop(self, name: str, content: bytes) -> Path:
         """Write a file the way a careful camera does: a hidden temporary name, then a rename."""

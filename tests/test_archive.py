@@ -146,6 +146,24 @@ def test_a_crash_while_staged_is_recovered_under_the_original_name(tmp_path: Pat
     assert [p.name for p in later] == ["c.png"]  # another daemon's, old: a leftover of its crash
 
 
+def test_a_staged_file_of_a_daemon_that_is_alive_is_left_alone_however_old(tmp_path: Path) -> None:
+    """Another daemon's file staged long ago is in flight while that daemon marks itself alive (it waits
+    out a database outage, say); once the mark is as old as the lease, it is a crash's leftover."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    mine, other = archive.token_for("station-1"), archive.token_for("station-2")
+    (incoming / archive.staging_name("c.png", other)).write_bytes(b"c")
+    staged_at = time.time()
+    archive.mark_alive(incoming, other)
+    mark = incoming / archive.alive_name(other)
+    os.utime(mark, (staged_at + 300, staged_at + 300))  # marked alive 5 minutes after it staged c.png
+    assert archive.recover_staged(incoming, mine, 60.0, own=False, now=staged_at + 330) == []
+    assert archive.recover_staged(incoming, mine, 60.0, own=False, now=staged_at + 361) == [
+        incoming / "c.png"
+    ]
+    assert mark.exists()  # an alive mark is not a staged file: never restored, never a candidate
+
+
 def test_a_source_that_is_gone_raises_and_creates_nothing(tmp_path: Path) -> None:
     dest = tmp_path / "processed" / "2026-11-24" / "gone.png"
     with pytest.raises(FileNotFoundError):

@@ -20,8 +20,10 @@ import sqlalchemy as sa
 
 from inspectd.core import db
 from inspectd.core.registry import bundled_model_dir, read_meta
+from inspectd.daemon.commit import archive
 from inspectd.daemon.commit.persist import Store
 from inspectd.daemon.intake.claims import ClaimBook, ClaimState
+from inspectd.daemon.intake.leases import Leases
 from tests.conftest import DaemonProcess, Workspace, free_port, metric, png_bytes, wait_until, write_burst
 
 
@@ -78,6 +80,33 @@ def test_claims_have_one_holder_and_expired_leases_are_taken_over(any_db: sa.Eng
     assert many["h1"].holder == "a@host"
 
 
+def test_a_live_worker_keeps_its_claims_past_the_lease_and_a_hung_one_loses_them(
+    any_db: sa.Engine, tmp_path: Path
+) -> None:
+    """The lease keeper renews every claim its worker holds while the main loop is alive; once the loop
+    is hung it renews nothing, and the claims are taken over when the lease runs out."""
+    a = ClaimBook(any_db, "a", lease_s=1.5, worker="a@host")
+    b = ClaimBook(any_db, "b", lease_s=30.0, worker="b@host")
+    assert a.claim_many({"h1": "/in/x.png", "h2": "/in/y.png"})["h2"].state is ClaimState.CLAIMED
+    b.claim("h9", "/in/z.png")
+    loop_alive = True
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    keeper = Leases(a, incoming, archive.token_for("a"), lambda: loop_alive)
+    for _ in range(4):  # 2 s of a daemon busy with other work: longer than its lease
+        assert keeper.renew()
+        time.sleep(0.5)
+    assert (incoming / archive.alive_name(archive.token_for("a"))).exists()
+    assert b.claim("h1", "/in/x.png").state is ClaimState.HELD
+    assert a.renew() == 2  # its own two, not b's
+    loop_alive = False  # hung: the keeper lets the leases run out
+    assert not keeper.renew()
+    time.sleep(1.8)
+    assert b.claim("h1", "/in/x.png").state is ClaimState.TAKEN_OVER
+    keeper.stop()
+    assert not list(incoming.iterdir())  # a clean stop leaves no mark
+
+
 @pytest.mark.postgres
 def test_concurrent_db_upgrades_are_serialised(postgres_url: str, tmp_path: Path) -> None:
     ws = Workspace(tmp_path, free_port(), postgres_url)
@@ -99,6 +128,11 @@ def _station(root: Path, shared: Path, name: str, url: str, **sections: dict[str
     folders = {k: str(shared / k) for k in ("incoming", "processed", "quarantine", "models")}
     ws.write_config(station={"name": name}, paths=folders, **sections)
     return ws
+
+
+def _waiting(incoming: Path) -> list[Path]:
+    """Files in incoming, but the live daemons' alive marks (leases.py)."""
+    return [p for p in incoming.iterdir() if not p.name.endswith(archive.ALIVE_SUFFIX)]
 
 
 def _kill_while_holding_claims(proc: DaemonProcess, engine: sa.Engine, worker_prefix: str) -> set[str]:
@@ -155,7 +189,7 @@ def test_three_workers_one_folder_one_killed(postgres_url: str, tmp_path: Path) 
         held_at_kill = _kill_while_holding_claims(procs[1], engine, "s2")
         assert writer.wait(120) == 0
         wait_until(lambda: committed() >= total, 240, f"{total} rows", interval=0.5)
-        wait_until(lambda: not list((shared / "incoming").iterdir()), 60, "incoming empty")
+        wait_until(lambda: not _waiting(shared / "incoming"), 60, "incoming empty")
 
         rows = stations[0].rows()
         assert len(rows) == total and len({r["content_hash"] for r in rows}) == total

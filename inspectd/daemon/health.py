@@ -44,6 +44,10 @@ class Liveness:
     def beat(self) -> None:
         self._last_beat = time.monotonic()
 
+    def recent(self) -> bool:
+        """The main loop beat within ``stall_after_s``: not hung."""
+        return time.monotonic() - self._last_beat < self.stall_after_s
+
     def start(self, decoders_alive: Callable[[float], bool]) -> None:
         interval = self.notifier.watchdog_interval_s
         if interval is None:
@@ -59,7 +63,7 @@ class Liveness:
         stalled = False
         while not self._stop.wait(interval):
             decoding = decoders_alive(self.stall_after_s)
-            if time.monotonic() - self._last_beat < self.stall_after_s and decoding:
+            if self.recent() and decoding:
                 self.notifier.watchdog()
                 stalled = False
             elif not stalled:

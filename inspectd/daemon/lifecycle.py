@@ -33,6 +33,7 @@ from inspectd.daemon.health import Health, Liveness
 from inspectd.daemon.http import HttpServer
 from inspectd.daemon.intake import batcher
 from inspectd.daemon.intake.decode import install_pixel_limit
+from inspectd.daemon.intake.leases import Leases
 from inspectd.daemon.metrics import Metrics
 from inspectd.daemon.models import Models
 from inspectd.daemon.notify import Notifier
@@ -125,6 +126,9 @@ class Daemon:
         )
         if self.claims is not None:
             jobs.purge_stale_claims(self.claims)
+            leases = Leases(self.claims, cfg.paths.incoming, token, self.liveness.recent)
+            leases.start()
+            self._stack.callback(leases.stop)
         if cfg.mqtt.url is not None:
             pipeline = self.pipeline
             self.publisher = Publisher(

@@ -22,6 +22,7 @@ together; move.py decides when they run.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -39,6 +40,8 @@ from inspectd.core.records import FileId
 
 NAME_MAX = 255
 STAGING_SUFFIX = ".inspectd-taking"
+ALIVE_SUFFIX = ".inspectd-alive"  # ``.<token>.inspectd-alive``: touched while that daemon runs (leases.py)
+PRIVATE_SUFFIXES = (STAGING_SUFFIX, ALIVE_SUFFIX)  # never candidates, whatever ``[watch] ignore`` says
 LOCAL_QUARANTINE = ".quarantine"  # in incoming: what cannot be copied to another filesystem
 
 
@@ -209,15 +212,39 @@ def token_for(owner: str) -> str:
     return hashlib.sha256(owner.encode()).hexdigest()[:8]
 
 
+def alive_name(token: str) -> str:
+    return f".{token}{ALIVE_SUFFIX}"
+
+
+def mark_alive(folder: Path, token: str) -> None:
+    """This daemon still runs: its staged files are in flight, not a crash's leftovers (OSError when the
+    folder cannot be written)."""
+    (folder / alive_name(token)).touch()
+
+
+def clear_alive(folder: Path, token: str) -> None:
+    with contextlib.suppress(OSError):
+        (folder / alive_name(token)).unlink(missing_ok=True)
+
+
+def _last_alive(folder: Path, token: str) -> float:
+    try:
+        return (folder / alive_name(token)).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def recover_staged(
     folder: Path, token: str, stale_after_s: float, own: bool = True, now: float | None = None
 ) -> list[Path]:
     """Files left under a private name in incoming go back under a visible one: this daemon's own at its
     start (``own``: a crash left them), and other daemons' once staged longer than ``stale_after_s``
-    (a shared folder's lease: that daemon crashed; the rename that staged a file set its ctime). A name
-    that does not parse exactly is left alone; an entry that cannot be restored now is skipped.
+    (a shared folder's lease: that daemon crashed; the rename that staged a file set its ctime) and not
+    marked alive for as long (``mark_alive``: it is alive, only slow, e.g. waiting out a database outage).
+    A name that does not parse exactly is left alone; an entry that cannot be restored now is skipped.
     """
     restored: list[Path] = []
+    alive: dict[str, float] = {}
     now = time.time() if now is None else now
     try:
         entries = [e for e in os.scandir(folder) if e.name.endswith(STAGING_SUFFIX)]
@@ -232,8 +259,13 @@ def recover_staged(
             if match["token"] == token:
                 if not own:
                     continue
-            elif now - entry.stat(follow_symlinks=False).st_ctime < stale_after_s:
-                continue
+            else:
+                other = match["token"]
+                if other not in alive:
+                    alive[other] = _last_alive(folder, other)
+                since = max(entry.stat(follow_symlinks=False).st_ctime, alive[other])
+                if now - since < stale_after_s:
+                    continue
             original = folder / name  # a long name was replaced by inspectd-long-<hash>.ext
             _unstage(Path(entry.path), original)
         except OSError:

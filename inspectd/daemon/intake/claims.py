@@ -2,9 +2,10 @@
 
 Every worker sees every file; each reads and hashes it, then claims the hash in the ``claims`` table with
 one atomic upsert: it wins when no row exists, when the row is its own, or when the holder's lease has
-run out (a crashed worker: its claim is taken over). Only the winner decodes, scores, records and moves
-the file; the row is deleted in the transaction that commits the result. Times are the database's clock,
-so workers on machines whose clocks disagree still agree on when a lease ends.
+run out (a crashed or hung worker: its claim is taken over; a live one keeps renewing its leases,
+leases.py). Only the winner decodes, scores, records and moves the file; the row is deleted in the
+transaction that commits the result. Times are the database's clock, so workers on machines whose
+clocks disagree still agree on when a lease ends.
 
 A worker is ``station@host``: stable across restarts, so a restarted daemon resumes its own claims at
 once. Station names must therefore be unique per daemon.
@@ -33,6 +34,7 @@ from sqlalchemy import (
     select,
     text,
     union_all,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
@@ -148,6 +150,19 @@ class ClaimBook:
             where=or_(Claim.worker == excluded.worker, Claim.lease_until < excluded.claimed_at),
         ).returning(Claim.content_hash, Claim.taken_over)
         return upsert
+
+    def renew(self) -> int:
+        """Extend every lease this worker holds (leases.py calls it while the daemon is alive), so only a
+        crashed or hung worker's claims run out; the number renewed. Raises SQLAlchemyError."""
+        statement = (
+            update(Claim)
+            .where(Claim.worker == self.worker)
+            .values(lease_until=self._now + literal(self.lease_s, Float))
+        )
+        with self.engine.begin() as conn:
+            if self._postgres:
+                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            return int(conn.execute(statement).rowcount or 0)
 
     def release(self, conn: Connection, hashes: Iterable[str]) -> None:
         """Drop this worker's claims, inside the transaction that commits their results."""

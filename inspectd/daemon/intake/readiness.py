@@ -36,7 +36,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from inspectd.core.records import ReadyFile
-from inspectd.daemon.commit.archive import STAGING_SUFFIX
+from inspectd.daemon.commit.archive import PRIVATE_SUFFIXES
 
 Clock = Callable[[], float]
 
@@ -82,7 +82,7 @@ class Readiness:
         name = path.name
         if path.parent != self.folder or any(fnmatchcase(name, pattern) for pattern in self._ignore):
             return False
-        if name.endswith(STAGING_SUFFIX):  # the archive's own private names, whatever ``ignore`` says
+        if name.endswith(PRIVATE_SUFFIXES):  # the archive's own private names, whatever ``ignore`` says
             return False
         return name.lower().endswith(self._extensions)
 
