@@ -197,6 +197,11 @@ def test_http_endpoints(daemon: Start, upgraded: Workspace) -> None:
     assert metric(body, "inspectd_images_processed_total", status="ok", station="station-1") == 1
     assert metric(body, "inspectd_latency_seconds_count", station="station-1") == 1
     assert metric(body, "inspectd_model_info", station="station-1") == 1
+    # which of the bundled version's two networks runs, and why: the one measured faster at load
+    (chosen,) = proc.events("model.network")
+    assert set(chosen["ms_per_input"]) == {"int8", "none"} and chosen["reason"].startswith("fastest here")
+    network = "float" if chosen["network"] == "none" else chosen["network"]
+    assert metric(body, "inspectd_model_info", network=network, network_reason=chosen["reason"]) == 1
     assert "_created" not in body
     status, body = proc.get("/readyz")
     assert status == 200 and json.loads(body) == {

@@ -26,16 +26,9 @@ from inspectd.core.registry import (
     read_meta,
     write_meta,
 )
-from inspectd.model.runtime import (
-    MAX_CHUNK,
-    Inferencer,
-    ModelLoadError,
-    Runner,
-    _chunks,
-    call_sizes,
-    max_inputs_for,
-    sigmoid,
-)
+from inspectd.model.choice import AGREEMENT_TOLERANCE
+from inspectd.model.runner import MAX_CHUNK, Runner, _chunks, call_sizes
+from inspectd.model.runtime import Inferencer, ModelLoadError, max_inputs_for, sigmoid
 from inspectd.ops.synth import SynthSpec, generate
 from tests.conftest import Workspace
 
@@ -137,6 +130,45 @@ def test_missing_selftest_is_refused(registry: ModelRegistry) -> None:
     (target / "selftest.npz").unlink()
     with pytest.raises(ModelLoadError, match="self-test"):
         Inferencer.load(target)
+
+
+def test_the_bundled_version_ships_both_networks_and_runs_the_faster(registry: ModelRegistry) -> None:
+    """Both networks self-tested; the one that runs was timed against the other at load; their scores
+    agree; the config can fix either one."""
+    meta = read_meta(bundled_model_dir())
+    assert meta.quantization == "int8" and meta.float_model_sha256 is not None
+    fastest = Inferencer.load(bundled_model_dir(), num_threads=1, max_inputs=8)
+    timings = fastest.choice.ms_per_input
+    assert set(timings) == {"int8", "none"} and fastest.network == min(timings, key=lambda k: timings[k])
+    assert fastest.choice.reason.startswith("fastest here: ")
+    assert sorted(fastest._runners) == [fastest.network]  # the other one is dropped
+    quantized = Inferencer.load(bundled_model_dir(), num_threads=1, network="shipped")
+    floating = Inferencer.load(bundled_model_dir(), num_threads=1, network="float")
+    assert (quantized.network, floating.network) == ("int8", "none")
+    x = np.random.default_rng(3).random((8, *meta.input_size, 1), dtype=np.float32)
+    assert np.max(np.abs(quantized.scores(x) - floating.scores(x))) < AGREEMENT_TOLERANCE
+
+
+def test_a_damaged_float_network_refuses_the_version(registry: ModelRegistry) -> None:
+    target = copy_version(registry, "float-corrupt-1")
+    (target / "model-float.tflite").write_bytes(b"\0" * 1000)
+    with pytest.raises(ModelLoadError, match=r"model-float\.tflite: checksum"):
+        Inferencer.load(target)
+    (target / "model-float.tflite").unlink()
+    with pytest.raises(ModelLoadError, match=r"no model-float\.tflite"):
+        Inferencer.load(target)
+
+
+def test_a_float_network_that_does_not_reproduce_its_scores_refuses_the_version(
+    registry: ModelRegistry,
+) -> None:
+    target = copy_version(registry, "float-drifted-1")
+    with np.load(target / "selftest.npz") as data:
+        recorded = dict(data)
+    recorded["scores_float"] = np.clip(recorded["scores_float"] + 0.2, 0, 1)
+    np.savez(target / "selftest.npz", **recorded)
+    with pytest.raises(ModelLoadError, match="self-test scores of the float network"):
+        Inferencer.load(target, network="shipped")  # checked even when it would not run
 
 
 def test_activate_is_atomic_and_checked(registry: ModelRegistry) -> None:

@@ -178,7 +178,7 @@ def test_registry_files_get_the_modes_of_the_umask(tmp_path: Path, umask: Any, m
     registry.ensure_active()  # installs and activates the bundled model
     copy = copy_version(registry, "source-1")  # a training run's folder, say, elsewhere
     shutil.move(str(copy), tmp_path / "run")
-    for name in ("model.tflite", "metadata.json", "selftest.npz"):
+    for name in ("model.tflite", "model-float.tflite", "metadata.json", "selftest.npz"):
         (tmp_path / "run" / name).chmod(0o600)  # the source's own modes must not travel
     registry.install(tmp_path / "run")
     registry.activate("source-1")
@@ -190,7 +190,7 @@ def test_registry_files_get_the_modes_of_the_umask(tmp_path: Path, umask: Any, m
         *(registry.versions / BUNDLED).iterdir(),
         *(registry.versions / "source-1").iterdir(),
     ]
-    assert len(files) == 8
+    assert len(files) == 10  # active, history, and 4 files (2 networks) in each version
     assert {str(d): oct(mode(d)) for d in dirs} == {str(d): oct(0o777 & ~mask) for d in dirs}
     assert {str(f): oct(mode(f)) for f in files} == {str(f): oct(0o666 & ~mask) for f in files}
     assert not list(registry.root.rglob(".*"))  # no temporary left

@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument(
         "--version",
-        default="bundled-2",
+        default="bundled-3",
         help="a new name whenever the weights change: versions are immutable, and registries that "
         "installed the old weights under this name refuse different ones",
     )
@@ -30,7 +30,7 @@ def main() -> None:
     if args.out.exists() and args.force:
         shutil.rmtree(args.out)
     meta = build(args.out, args.version, Recipe(epochs=args.epochs, quantize=args.quantize))
-    print(json.dumps(meta.metrics, indent=2))
+    print(json.dumps(meta.model_dump(mode="json")["metrics"], indent=2))
 
 
 if __name__ == "__main__":

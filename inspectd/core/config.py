@@ -159,6 +159,9 @@ class BatchConfig(Section):
 
 
 TileReduce = Literal["max", "top2_mean"]  # a tiled image's score from its tiles' scores
+# which of a quantized version's two networks runs: the faster on this CPU (measured at load), the
+# quantized one it ships, or its float one (model/choice.py)
+NetworkChoice = Literal["fastest", "shipped", "float"]
 
 
 class ModelConfig(Section):
@@ -166,6 +169,7 @@ class ModelConfig(Section):
     # Inference threads; 0: one per CPU core. One by default: the decode workers already keep every core
     # busy, and a second interpreter thread only adds its wake-ups (burst 0.82 -> 0.86 of the ceiling).
     num_threads: int = Field(default=1, ge=0)
+    network: NetworkChoice = "fastest"
     # Which version to run: ``pin`` (this station only) wins; else the latest promotion recorded in the
     # database for this station or for all (when follow_database); else the registry's own pointer.
     pin: str | None = Field(default=None, min_length=1, max_length=64)

@@ -38,13 +38,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MODEL_FILE = "model.tflite"
+# a quantized version also ships its float network, checked as the quantized one is: each CPU runs the
+# faster of the two whose scores agree (model/runtime.py); int8 pays off only with fast int8 dot products
+FLOAT_MODEL_FILE = "model-float.tflite"
 META_FILE = "metadata.json"
 SELFTEST_FILE = "selftest.npz"
 # what retrain keeps with a version: the Keras history (a row per epoch), and the holdout images the gate
 # compared on (so that its set can be rebuilt)
 TRAINING_HISTORY_FILE = "history.csv"
 HOLDOUT_FILE = "holdout.csv"
-VERSION_FILES = (MODEL_FILE, META_FILE, SELFTEST_FILE, TRAINING_HISTORY_FILE, HOLDOUT_FILE)
+VERSION_FILES = (
+    MODEL_FILE,
+    FLOAT_MODEL_FILE,
+    META_FILE,
+    SELFTEST_FILE,
+    TRAINING_HISTORY_FILE,
+    HOLDOUT_FILE,
+)
 ACTIVE_FILE = "active"
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".lock"
@@ -82,6 +92,7 @@ class ModelMeta(BaseModel):
     quantization: Quantize = "none"  # how the network's weights are stored
     created_at: datetime
     model_sha256: str
+    float_model_sha256: str | None = None  # the float network a quantized version ships beside it
     metrics: dict[str, Any] = {}
     training: dict[str, Any] = {}
 
@@ -138,6 +149,12 @@ def read_meta(version_dir: Path, version: str | None = None) -> ModelMeta:
         raise RegistryError(f"{version_dir}: no {MODEL_FILE}")
     if file_sha256(model) != meta.model_sha256:
         raise RegistryError(f"{model}: checksum does not match metadata (file changed or corrupt)")
+    if meta.float_model_sha256 is not None:
+        floating = version_dir / FLOAT_MODEL_FILE
+        if not floating.is_file():
+            raise RegistryError(f"{version_dir}: no {FLOAT_MODEL_FILE}, which its metadata declares")
+        if file_sha256(floating) != meta.float_model_sha256:
+            raise RegistryError(f"{floating}: checksum does not match metadata (file changed or corrupt)")
     return meta
 
 

@@ -82,5 +82,14 @@ class Models:
                 "version": model.version,
                 "threshold": f"{model.meta.threshold:.4f}",
                 "input_size": "x".join(map(str, model.runtime.input_size)),
+                "network": "float" if model.runtime.network == "none" else model.runtime.network,
+                "network_reason": model.runtime.choice.reason,
             }
+        )
+        log.info(
+            "model.network",
+            version=model.version,
+            network=model.runtime.network,
+            reason=model.runtime.choice.reason,
+            ms_per_input=model.runtime.choice.ms_per_input,
         )

@@ -6,17 +6,17 @@ and starts in a fraction of the time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from ai_edge_litert.interpreter import Interpreter
 
-from inspectd.core.config import ModelConfig, TileReduce
+from inspectd.core.config import ModelConfig, NetworkChoice, TileReduce
 from inspectd.core.records import Decoded, Scored, Verdict
 from inspectd.core.registry import (
+    FLOAT_MODEL_FILE,
     MODEL_FILE,
     SELFTEST_FILE,
     ModelMeta,
@@ -25,40 +25,20 @@ from inspectd.core.registry import (
     read_meta,
 )
 from inspectd.core.tiles import view_for
+from inspectd.model.choice import AGREEMENT_TOLERANCE, Choice, choose, time_per_input
+from inspectd.model.runner import MAX_CHUNK, Runner, call_sizes
+
+__all__ = ["MAX_CHUNK", "Inferencer", "ModelLoadError", "Runner", "call_sizes", "load_version", "sigmoid"]
 
 SELFTEST_TOLERANCE = 1e-3
 # A quantized network's integer kernels may round one activation a step apart on another CPU, which moves
 # a score by up to a few thousandths; a wrong or damaged model misses by far more.
 SELFTEST_TOLERANCE_QUANTIZED = 0.01
-MAX_CHUNK = 64  # inputs per interpreter call at most (bounds the activation memory of one call)
+MAX_TIMED_CALL = 16  # the networks are timed on calls of the largest size a batch uses, up to this
 
 
 class ModelLoadError(Exception):
     """The model version cannot be used: missing, corrupt, incompatible, or not reproducing its scores."""
-
-
-def _chunks(n: int) -> list[tuple[int, int]]:
-    """``n`` inputs as interpreter calls of power-of-two sizes, so that a few shapes serve every batch:
-    (inputs, call size) pairs. What is left is padded up to the next power of two when that wastes at
-    most a quarter of the call; otherwise it is split (42 tiles: 32 + 8 + 2, not 64)."""
-    out: list[tuple[int, int]] = []
-    while n > 0:
-        bucket = min(MAX_CHUNK, 1 << (n - 1).bit_length())
-        if n >= bucket or n > 0.75 * bucket:
-            take = min(n, bucket)
-            out.append((take, bucket))
-        else:
-            take = bucket // 2
-            out.append((take, take))
-        n -= take
-    return out
-
-
-def call_sizes(max_inputs: int) -> list[int]:
-    """Every interpreter call size a batch of up to ``max_inputs`` inputs can use (``_chunks``): powers of
-    two, at most MAX_CHUNK. Beyond a few calls of MAX_CHUNK, more inputs add no new size."""
-    top = min(max(1, max_inputs), 3 * MAX_CHUNK)
-    return sorted({size for n in range(1, top + 1) for _, size in _chunks(n)})
 
 
 def max_inputs_for(meta: ModelMeta, model_cfg: ModelConfig, batch_max_size: int) -> int:
@@ -66,6 +46,10 @@ def max_inputs_for(meta: ModelMeta, model_cfg: ModelConfig, batch_max_size: int)
     the batch when it is tiled (the call sizes then go up to MAX_CHUNK), else one input per image."""
     tiled = view_for(meta, model_cfg).tile is not None
     return MAX_CHUNK if tiled else batch_max_size
+
+
+def _label(network: str) -> str:
+    return "float" if network == "none" else network
 
 
 def _one_line(exc: BaseException) -> str:
@@ -77,70 +61,23 @@ def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return out
 
 
-class Runner:
-    """The network alone (LiteRT): inputs in, one logit per input out; an interpreter per call size."""
-
-    def __init__(self, content: bytes, input_size: tuple[int, int], num_threads: int) -> None:
-        self._content = content
-        self._threads = num_threads or (os.cpu_count() or 1)
-        self._interpreters: dict[int, Interpreter] = {}
-        self._shape = (*input_size, 1)
-
-    def interpreter(self, bucket: int) -> Interpreter:
-        interpreter = self._interpreters.get(bucket)
-        if interpreter is None:
-            interpreter = Interpreter(model_content=self._content, num_threads=self._threads)
-            inputs = interpreter.get_input_details()
-            outputs = interpreter.get_output_details()
-            if len(inputs) != 1 or len(outputs) != 1:
-                raise ValueError("the model must have exactly one input and one output")
-            declared = tuple(int(d) for d in inputs[0]["shape"][1:])
-            if declared != self._shape:
-                raise ValueError(f"model input {declared} does not match metadata input_size {self._shape}")
-            interpreter.resize_tensor_input(inputs[0]["index"], [bucket, *self._shape], strict=False)
-            interpreter.allocate_tensors()
-            self._interpreters[bucket] = interpreter
-        return interpreter
-
-    def check(self, bucket: int) -> None:
-        """Create the interpreter for calls of ``bucket`` inputs and run one on zeros: ValueError or
-        RuntimeError unless it gives one finite logit per input (a network built for a fixed batch fails
-        here, when it is loaded, not on the first batch of that size)."""
-        try:
-            out = self._call(bucket, np.zeros((bucket, *self._shape), np.float32))
-            if not np.all(np.isfinite(out)):
-                raise ValueError(f"a call of {bucket} inputs outputs non-finite logits")
-        except (ValueError, RuntimeError):
-            self._interpreters.pop(bucket, None)
-            raise
-
-    def _call(self, size: int, part: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        interpreter = self.interpreter(size)
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
-        interpreter.invoke()
-        result = np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), np.float32)
-        if result.size != size or (result.ndim and result.shape[0] != size):
-            raise ValueError(f"a call of {size} inputs outputs shape {result.shape}, not one logit per input")
-        return result.reshape(size)
-
-    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        out = np.empty(batch.shape[0], np.float32)
-        start = 0
-        for take, size in _chunks(batch.shape[0]):
-            part = batch[start : start + take]
-            if take < size:
-                part = np.concatenate([part, np.zeros((size - take, *self._shape), np.float32)])
-            out[start : start + take] = self._call(size, part)[:take]
-            start += take
-        return out
-
-
 class Inferencer:
-    """A loaded, self-tested model version. Not thread-safe: one pipeline thread calls it."""
+    """A loaded, self-tested model version. Not thread-safe: one pipeline thread calls it.
 
-    def __init__(self, meta: ModelMeta, model_content: bytes, num_threads: int) -> None:
+    A quantized version may ship its float network too: both are self-tested, and the one that runs is
+    chosen at load (choice.py); ``choice`` says which and why."""
+
+    def __init__(
+        self, meta: ModelMeta, model_content: bytes, num_threads: int, float_content: bytes | None = None
+    ) -> None:
         self.meta = meta
-        self._runner = Runner(model_content, meta.input_size, num_threads)
+        self._runners: dict[str, Runner] = {
+            meta.quantization: Runner(model_content, meta.input_size, num_threads)
+        }
+        if float_content is not None and meta.quantization != "none":
+            self._runners["none"] = Runner(float_content, meta.input_size, num_threads)
+        self._runner = self._runners[meta.quantization]
+        self.choice = Choice(meta.quantization, "the only network of this version", {})
 
     @property
     def version(self) -> str:
@@ -150,15 +87,26 @@ class Inferencer:
     def input_size(self) -> tuple[int, int]:
         return self.meta.input_size
 
+    @property
+    def network(self) -> str:
+        """The quantization of the network that runs: "int8", "dynamic" or "none" (float)."""
+        return self.choice.network
+
     @classmethod
     def load(
-        cls, version_dir: Path, num_threads: int = 0, max_inputs: int = 1, version: str | None = None
+        cls,
+        version_dir: Path,
+        num_threads: int = 0,
+        max_inputs: int = 1,
+        version: str | None = None,
+        network: NetworkChoice = "fastest",
     ) -> Inferencer:
-        """Load and check a version folder completely: metadata and checksum (``version``: the name the
-        metadata must give, a registry folder's name), then every call size a batch of up to
-        ``max_inputs`` inputs can use, created and run once, then the self-test. ModelLoadError, with a
-        one-line reason, when anything fails: a model that loads can serve every batch."""
-        return cls._load(version_dir, num_threads, lambda _: max_inputs, version)
+        """Load and check a version folder completely: metadata and checksums (``version``: the name the
+        metadata must give, a registry folder's name), the self-test of each network it ships, which
+        network runs (``network``, choice.py), then every call size a batch of up to ``max_inputs``
+        inputs can use, created and run once. ModelLoadError, with a one-line reason, when anything
+        fails: a model that loads can serve every batch."""
+        return cls._load(version_dir, num_threads, lambda _: max_inputs, version, network)
 
     @classmethod
     def _load(
@@ -167,49 +115,84 @@ class Inferencer:
         num_threads: int,
         max_inputs: Callable[[ModelMeta], int],
         version: str | None,
+        network: NetworkChoice = "fastest",
     ) -> Inferencer:
         try:
             meta = read_meta(version_dir, version)
             content = (version_dir / MODEL_FILE).read_bytes()
-            inferencer = cls(meta, content, num_threads)
+            floating = (version_dir / FLOAT_MODEL_FILE).read_bytes() if meta.float_model_sha256 else None
+            inferencer = cls(meta, content, num_threads, floating)
         except (RegistryError, OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{version_dir}: {_one_line(exc)}") from None
-        for size in call_sizes(max_inputs(meta)):
+        sizes = call_sizes(max_inputs(meta))
+        disagreement = inferencer.self_test(version_dir / SELFTEST_FILE)
+        inferencer._choose(network, disagreement, min(sizes[-1], MAX_TIMED_CALL))
+        for size in sizes:
             try:
                 inferencer._runner.check(size)
             except (ValueError, RuntimeError) as exc:
                 raise ModelLoadError(
                     f"{meta.version}: cannot run a call of {size} inputs: {_one_line(exc)}"
                 ) from None
-        inferencer.self_test(version_dir / SELFTEST_FILE)
         return inferencer
+
+    def _choose(self, mode: NetworkChoice, disagreement: float | None, call: int) -> None:
+        """Keep the network that runs (choice.py); the other one's interpreters are dropped."""
+        timings = None
+        if disagreement is not None and disagreement <= AGREEMENT_TOLERANCE and mode == "fastest":
+            x = np.random.default_rng(0).random((call, *self.input_size, 1), dtype=np.float32)
+            try:
+                runs: dict[str, Callable[[], object]] = {
+                    name: partial(runner.logits, x) for name, runner in self._runners.items()
+                }
+                timings = time_per_input(runs, call)
+            except (ValueError, RuntimeError) as exc:
+                reason = f"{self.version}: cannot run a call of {call} inputs: {_one_line(exc)}"
+                raise ModelLoadError(reason) from None
+        self.choice = choose(mode, self.meta.quantization, disagreement, timings)
+        self._runner = self._runners[self.choice.network]
+        self._runners = {self.choice.network: self._runner}
 
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self._runner.logits(batch)
 
     def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        cal = self.meta.calibration
-        return sigmoid(np.float32(cal.a) * self.logits(batch) + np.float32(cal.b))
+        return self._calibrated(self.logits(batch))
 
-    def self_test(self, selftest: Path) -> None:
-        """Reproduce the scores recorded when the version was made; refuse the model otherwise."""
+    def _calibrated(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        cal = self.meta.calibration
+        return sigmoid(np.float32(cal.a) * logits + np.float32(cal.b))
+
+    def self_test(self, selftest: Path) -> float | None:
+        """Reproduce the scores recorded when the version was made, with each network it ships; refuse
+        the model otherwise. Returns how far the float network's scores are from the quantized one's
+        (None: one network)."""
         try:
             with np.load(selftest) as data:
                 inputs = data["inputs"].astype(np.float32) / 255.0
-                expected = data["scores"].astype(np.float32)
+                expected: dict[str, npt.NDArray[np.float32]] = {
+                    self.meta.quantization: data["scores"].astype(np.float32)
+                }
+                if len(self._runners) > 1:
+                    expected["none"] = data["scores_float"].astype(np.float32)
         except FileNotFoundError:
             raise ModelLoadError(f"{selftest}: missing; every version must ship its self-test") from None
         except (OSError, KeyError, ValueError) as exc:
             raise ModelLoadError(f"{selftest}: unreadable self-test: {exc}") from None
-        got = self.scores(inputs[..., np.newaxis])
-        if not np.all(np.isfinite(got)):
-            raise ModelLoadError(f"{self.version}: the model outputs non-finite scores")
-        worst = float(np.max(np.abs(got - expected)))
-        quantized = self.meta.quantization != "none"
-        if worst > (SELFTEST_TOLERANCE_QUANTIZED if quantized else SELFTEST_TOLERANCE):
-            raise ModelLoadError(
-                f"{self.version}: self-test scores differ from the recorded ones by up to {worst:.4f}"
-            )
+        for network, runner in self._runners.items():
+            got = self._calibrated(runner.logits(inputs[..., np.newaxis]))
+            if not np.all(np.isfinite(got)):
+                reason = f"{self.version}: the {_label(network)} network outputs non-finite scores"
+                raise ModelLoadError(reason)
+            worst = float(np.max(np.abs(got - expected[network])))
+            if worst > (SELFTEST_TOLERANCE if network == "none" else SELFTEST_TOLERANCE_QUANTIZED):
+                raise ModelLoadError(
+                    f"{self.version}: self-test scores of the {_label(network)} network differ from the "
+                    f"recorded ones by up to {worst:.4f}"
+                )
+        if len(expected) == 1:
+            return None
+        return float(np.max(np.abs(expected["none"] - expected[self.meta.quantization])))
 
     def classify(
         self, images: list[Decoded], threshold: float | None = None, reduce: TileReduce = "max"
@@ -261,4 +244,5 @@ def load_version(
         model_cfg.num_threads,
         lambda meta: max_inputs_for(meta, model_cfg, batch_max_size),
         version,
+        model_cfg.network,
     )

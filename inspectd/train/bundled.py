@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from inspectd.core.registry import ModelMeta, Quantize
-from inspectd.model.runtime import sigmoid
+from inspectd.model.runtime import Runner, sigmoid
 from inspectd.ops.synth import SynthSpec
 from inspectd.train.convert import convert, export_version
 from inspectd.train.data.arrays import synthetic_arrays
@@ -66,6 +66,10 @@ def build(out: Path, version: str, recipe: Recipe, log: Any = print) -> ModelMet
     (a, b), threshold = report.calibrate(y_val, converted.logits(x_val), "best_f1", 1.0)
     hold_scores = sigmoid(np.float32(a) * converted.logits(x_hold) + np.float32(b))
     metrics = {"holdout": binary_metrics(y_hold, hold_scores, threshold)}
+    if converted.floating is not None:  # shipped beside the quantized network: measured the same way
+        floating = Runner(converted.floating, recipe.input_size, num_threads=0)
+        float_scores = sigmoid(np.float32(a) * floating.logits(x_hold) + np.float32(b))
+        metrics["holdout_float"] = binary_metrics(y_hold, float_scores, threshold)
     training = {
         "recipe": asdict(recipe),
         "synth": asdict(spec),

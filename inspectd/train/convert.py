@@ -6,6 +6,8 @@ reproduce the Keras model's logits on the validation inputs. A quantized one (``
 training inputs) ships only if it keeps the float network's ROC-AUC on the validation inputs within
 ``MAX_AUC_DROP``; otherwise the float network ships and the metadata says why. Calibration, threshold,
 self-test and the gate are then computed on the network that ships, through LiteRT, as the daemon runs it.
+A quantized network ships with its float one beside it when their calibrated scores agree on the
+self-test inputs (model/choice.py: each CPU runs the faster of the two).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy.typing as npt
 
 from inspectd.core import logs
 from inspectd.core.registry import (
+    FLOAT_MODEL_FILE,
     MODEL_FILE,
     SELFTEST_FILE,
     Calibration,
@@ -31,6 +34,7 @@ from inspectd.core.registry import (
     file_sha256,
     write_meta,
 )
+from inspectd.model.choice import AGREEMENT_TOLERANCE
 from inspectd.model.runtime import Inferencer, Runner, sigmoid
 from inspectd.train.tf import tensorflow
 
@@ -50,6 +54,7 @@ class Converted:
     input_size: tuple[int, int]
     quantization: Quantize  # what ships, which is "none" when the quantized network was refused
     fidelity: dict[str, Any]  # how the shipped network compares with Keras (kept in the metadata)
+    floating: bytes | None = None  # a quantized network's float one, shipped beside it (model/choice.py)
 
     @cached_property
     def runner(self) -> Runner:
@@ -120,7 +125,7 @@ def convert(
             if refusals:
                 fidelity["refused"] = "; ".join(refusals)
             log.info("quantize.accepted", mode=mode, auc_drop=round(drop, 5), size_bytes=len(content))
-            return Converted(content, input_size, mode, fidelity)
+            return Converted(content, input_size, mode, fidelity, floating.content)
     fidelity["refused"] = "; ".join(refusals)
     return Converted(floating.content, input_size, "none", fidelity)
 
@@ -143,7 +148,21 @@ def export_version(
     inputs = quantised.astype(np.float32)[..., np.newaxis] / 255.0
     a, b = calibration
     expected = sigmoid(np.float32(a) * converted.logits(inputs) + np.float32(b))
-    np.savez_compressed(out / SELFTEST_FILE, inputs=quantised, scores=expected)
+    recorded = {"inputs": quantised, "scores": expected}
+    fidelity = dict(converted.fidelity)
+    float_sha256 = None
+    if converted.floating is not None:
+        runner = Runner(converted.floating, converted.input_size, num_threads=0)
+        scores_float = sigmoid(np.float32(a) * runner.logits(inputs) + np.float32(b))
+        disagreement = float(np.max(np.abs(scores_float - expected))) if len(inputs) else 0.0
+        fidelity["float_score_disagreement"] = disagreement
+        if disagreement <= AGREEMENT_TOLERANCE:  # else the quantized network alone ships
+            (out / FLOAT_MODEL_FILE).write_bytes(converted.floating)
+            float_sha256 = file_sha256(out / FLOAT_MODEL_FILE)
+            recorded["scores_float"] = scores_float
+        else:
+            log.warning("export.float_network_dropped", disagreement=round(disagreement, 4))
+    np.savez_compressed(out / SELFTEST_FILE, **recorded)
     meta = ModelMeta(
         version=version,
         input_size=converted.input_size,
@@ -153,8 +172,9 @@ def export_version(
         quantization=converted.quantization,
         created_at=datetime.now(UTC),
         model_sha256=file_sha256(out / MODEL_FILE),
+        float_model_sha256=float_sha256,
         metrics=metrics,
-        training={**training, "conversion": converted.fidelity},
+        training={**training, "conversion": fidelity},
     )
     write_meta(out, meta)
     Inferencer.load(out, num_threads=1)  # exactly what the daemon will do

@@ -216,7 +216,8 @@ def _compare(
 ) -> tuple[report.Report, report.Report | None, bool, str]:
     """The same holdout for both models, each through its own preprocessing size and threshold; the
     candidate with every check the daemon runs on this station, since it may be activated."""
-    candidate = Inferencer.load(candidate_dir, 0, max_inputs_for(meta, cfg.model, cfg.batch.max_size))
+    max_inputs = max_inputs_for(meta, cfg.model, cfg.batch.max_size)
+    candidate = Inferencer.load(candidate_dir, 0, max_inputs, network="shipped")
     cand_report = evaluate_items(
         candidate, parts.holdout, limits, rc, run.run_dir / "holdout-candidate", cfg.model
     )
@@ -229,6 +230,14 @@ def _compare(
     except ModelLoadError as exc:
         log.warning("active_model.unusable", version=run.active_version, error=str(exc))
     passed, decision = gate(cand_report, act_report, rc.gate)
+    if meta.float_model_sha256 is not None:  # a station may run either network: both must pass
+        floating = Inferencer.load(candidate_dir, 0, max_inputs, network="float")
+        float_report = evaluate_items(
+            floating, parts.holdout, limits, rc, run.run_dir / "holdout-candidate-float", cfg.model
+        )
+        float_passed, float_decision = gate(float_report, act_report, rc.gate)
+        passed = passed and float_passed
+        decision = f"{decision}; its float network: {float_decision}"
     return cand_report, act_report, passed, decision
 
 
