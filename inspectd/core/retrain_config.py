@@ -111,9 +111,6 @@ class RetrainConfig(Section):
     fine_tune_epochs: int | None = Field(default=None, ge=0)
     # a MIL head on a frozen backbone: a second round on the absent frames scored highest (0: none)
     hard_negative_epochs: int = Field(default=0, ge=0)
-    # the MIL head's present frames: pool their places by a soft maximum of this sharpness (log-sum-exp),
-    # 0: the hard maximum (train/fit/bags.py)
-    mil_sharpness: float = Field(default=0.0, ge=0)
     fine_tune_layers: int = Field(default=30, ge=0)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)

@@ -52,22 +52,15 @@ def bag_targets(
     return out
 
 
-def bag_loss(targets: Any, logit_map: Any, sharpness: float = 0.0) -> Any:
-    """Per-frame loss for (N, H, W, 2) targets and an (N, H, W, 1) logit map (TensorFlow tensors).
-    ``sharpness`` > 0: the places that may hold the mark are pooled by a soft maximum (log-sum-exp with
-    that sharpness) instead of the hard one, so that early in training every place of a present frame
-    gets some of the gradient, not only the one that happens to be highest."""
+def bag_loss(targets: Any, logit_map: Any) -> Any:
+    """Per-frame loss for (N, H, W, 2) targets and an (N, H, W, 1) logit map (TensorFlow tensors)."""
     from inspectd.train.tf import tensorflow
 
     tf = tensorflow()
     z = logit_map[..., 0]
     inside, outside = targets[..., INSIDE], targets[..., OUTSIDE]
     very_low = tf.constant(-1e4, z.dtype)
-    if sharpness > 0:
-        r = tf.constant(sharpness, z.dtype)
-        top_in = tf.reduce_logsumexp(tf.where(inside > 0, r * z, very_low), axis=[1, 2]) / r
-    else:
-        top_in = tf.reduce_max(tf.where(inside > 0, z, very_low), axis=[1, 2])
+    top_in = tf.reduce_max(tf.where(inside > 0, z, very_low), axis=[1, 2])
     top_out = tf.reduce_max(tf.where(outside > 0, z, very_low), axis=[1, 2])
     has_in = tf.reduce_max(inside, axis=[1, 2])
     has_out = tf.reduce_max(outside, axis=[1, 2])

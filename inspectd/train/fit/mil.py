@@ -50,11 +50,7 @@ def fit_bags(
             .map(lambda a, t, w: (tf.cast(a, tf.float32), t, w))
             .prefetch(2)
         )
-
-        def loss(bag: Any, places: Any) -> Any:
-            return bags.bag_loss(bag, places, rc.mil_sharpness)
-
-        logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=loss)
+        logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.bag_loss)
         callbacks = [
             frame_auc(head, fv, yv),
             *schedule(rc),
