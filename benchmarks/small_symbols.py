@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,31 @@ def evaluate(
     }
 
 
+def compare_cuts(
+    inferencer: Inferencer, items: list[tuple[str, int, list[int] | None]], view: View, rounds: int = 3
+) -> dict[str, Any]:
+    """Tiles cut from one shrink of the frame (the daemon's way) against one shrink per tile (the
+    previous way), alternated ``rounds`` times on the same frames: frames/s of each and their ratio."""
+    from inspectd.daemon.intake import decode as stage
+
+    shared = stage.cut
+    runs: dict[str, list[dict[str, Any]]] = {"one shrink per tile": [], "one shrink per frame": []}
+    try:
+        for _ in range(rounds):
+            for name in runs:
+                stage.cut = shared if name == "one shrink per frame" else partial(shared, shared=False)  # type: ignore[assignment]
+                runs[name].append(evaluate(inferencer, items, view))
+    finally:
+        stage.cut = shared  # type: ignore[assignment]
+    out: dict[str, Any] = {}
+    for name, measured in runs.items():
+        rates = [m["images_per_s_one_core"] for m in measured]
+        out[name] = {**measured[0], "images_per_s_one_core": statistics.median(rates), "rounds": rates}
+    per_tile, per_frame = (out[name]["images_per_s_one_core"] for name in runs)
+    out["speedup"] = per_frame / per_tile
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,6 +129,8 @@ def main() -> None:
         view = View(inferencer.input_size, None, *(tiling or (None, 0.25)))
         results["modes"][name] = evaluate(inferencer, items, view)
         print(name, json.dumps(results["modes"][name]), flush=True)
+    results["cut"] = compare_cuts(inferencer, items, View(inferencer.input_size, None, 320, 0.5))
+    print("cut", json.dumps(results["cut"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{results['frames']} held-out 1280x1024 frames, {results['present']} with a 24-55 px mark")
@@ -118,6 +147,12 @@ def main() -> None:
         )
         print(f"  {name:<30}" + "".join(f"{c:>10}" for c in cells))
     print("(images/s: decode + tiles + inference on one core, in this run)")
+    cuts = results["cut"]
+    for name in ("one shrink per tile", "one shrink per frame"):
+        r = cuts[name]
+        rounds = " / ".join(f"{v:.1f}" for v in r["rounds"])
+        print(f"  320 px tiles, {name:<22} ROC-AUC {r['roc_auc']:.3f}  F1 {r['f1']:.3f}  {rounds} images/s")
+    print(f"  one shrink per frame / per tile: {cuts['speedup']:.2f}x (medians of alternated rounds)")
     print(f"results: {args.out}")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from inspectd.core.preprocess import preprocess
 from inspectd.core.records import Decoded, ReadyFile
-from inspectd.core.tiles import View, grid, overlap_ratio, region
+from inspectd.core.tiles import View, cut, grid, overlap_ratio, region
 from inspectd.daemon.intake.decode import DecodeLimits, decode
 from inspectd.ops.synth import SynthSpec, generate
 from tests.conftest import DaemonProcess, Workspace
@@ -34,6 +34,28 @@ def test_tiles_cover_every_pixel_and_end_on_the_edges(w: int, h: int, tile: int,
     assert covered.min() >= 1
     assert max(x + bw for x, _, bw, _ in boxes) == w and max(y + bh for _, y, _, bh in boxes) == h
     assert grid((10, 20, 100, 50), 320, 0.5) == [(10, 20, 100, 50)]  # a region smaller than a tile
+
+
+def test_tiles_come_from_one_shrink_of_the_frame_and_match_one_shrink_per_tile() -> None:
+    """Tiles that must be shrunk are slices of the frame shrunk once: where every tile's origin falls on
+    the shrunk grid (960 rows at 2.5x) they are bit for bit the per-tile shrink; else (1024 rows: 409.6
+    shrunk rows) within a fraction of a pixel's shift of it."""
+    for height, tolerance in ((960, 0.0), (1024, 0.02)):  # measured: 0.0 and 0.008 (pixels in 0..1)
+        image = generate(np.random.default_rng(4), SynthSpec(width=1280, height=height)).image
+        boxes = grid((0, 0, 1280, height), 320, 0.5)
+        tiles = cut(image, boxes, (128, 128))
+        each = np.stack([preprocess(image[y : y + h, x : x + w], (128, 128)) for x, y, w, h in boxes])
+        assert tiles.shape == each.shape == (len(boxes), 128, 128, 1)
+        worst = np.abs(tiles - each).mean(axis=(1, 2, 3)).max()
+        assert worst <= tolerance, (height, worst)
+    # tiles at the input's own size, or one tile: cut as they are
+    image = generate(np.random.default_rng(5), SynthSpec(width=400, height=300)).image
+    boxes = grid((0, 0, 400, 300), 128, 0.25)
+    native = cut(image, boxes, (128, 128))
+    assert all(
+        np.array_equal(native[i], preprocess(image[y : y + h, x : x + w], (128, 128)))
+        for i, (x, y, w, h) in enumerate(boxes)
+    )
 
 
 def test_region_in_pixels_or_fractions() -> None:
