@@ -95,17 +95,18 @@ def compare_cuts(
 ) -> dict[str, Any]:
     """Tiles cut from one shrink of the frame (the daemon's way) against one shrink per tile (the
     previous way), alternated ``rounds`` times on the same frames: frames/s of each and their ratio."""
+    from inspectd.core.tiles import cut
     from inspectd.daemon.intake import decode as stage
 
-    shared = stage.cut
+    names = vars(stage)  # the decode stage's own name for the cut, swapped for the baseline's rounds
     runs: dict[str, list[dict[str, Any]]] = {"one shrink per tile": [], "one shrink per frame": []}
     try:
         for _ in range(rounds):
             for name in runs:
-                stage.cut = shared if name == "one shrink per frame" else partial(shared, shared=False)  # type: ignore[assignment]
+                names["cut"] = cut if name == "one shrink per frame" else partial(cut, shared=False)
                 runs[name].append(evaluate(inferencer, items, view))
     finally:
-        stage.cut = shared  # type: ignore[assignment]
+        names["cut"] = cut
     out: dict[str, Any] = {}
     for name, measured in runs.items():
         rates = [m["images_per_s_one_core"] for m in measured]

@@ -87,17 +87,18 @@ def cut(
 ) -> npt.NDArray[np.float32]:
     """The model inputs for ``boxes``: (N, height, width, 1) float32, through the one preprocess.
 
-    Tiles of one size that must be shrunk are cut from the region they cover shrunk once to the scale
-    of the model's input (a tile's pixels then come from one resize of the frame, not one resize per
-    tile: 42 overlapping tiles are 1.8 times the frame's pixels), each tile a slice of it at its scaled
-    place, rounded to the nearest pixel. Training cuts tiles through this same function. ``shared``
-    False: one resize per tile (the previous way, the benchmark's baseline)."""
+    Tiles of one size that must be shrunk (never enlarged) are cut from the region they cover, shrunk
+    once to the scale of the model's input (a tile's pixels then come from one resize of the frame, not
+    one resize per tile: 42 overlapping tiles are 1.8 times the frame's pixels), each tile a slice of it
+    at its scaled place, rounded to the nearest pixel. Training cuts tiles through this same function.
+    ``shared`` False: one resize per tile (the previous way, the benchmark's baseline)."""
     gray = to_gray(image)
     out = np.empty((len(boxes), *size, 1), np.float32)
     height, width = size
     sides = {(w, h) for _, _, w, h in boxes}
-    if shared and len(boxes) > 1 and len(sides) == 1 and sides != {(width, height)}:
-        ((tw, th),) = sides
+    ((tw, th),) = sides if len(sides) == 1 else ((0, 0),)
+    # shrunk, never enlarged: then the shrunk region has no more pixels than the tiles themselves
+    if shared and len(boxes) > 1 and tw > width and th > height:
         x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
         fx, fy = width / tw, height / th
