@@ -282,13 +282,24 @@ def test_quantized_network_ships_only_if_it_ranks_as_well(tmp_path: Path) -> Non
     assert kept.fidelity["quantized_auc"] >= kept.fidelity["float_auc"] - MAX_AUC_DROP
     assert len(kept.content) < len(floating.content) / 2
     meta = export_version(kept, tmp_path / "q", "q-1", 0.5, (1.0, 0.0), xv[:8], {}, {"n": 1})
-    assert meta.quantization == "int8" and meta.training["conversion"] == kept.fidelity
-    loaded = Inferencer.load(tmp_path / "q", num_threads=1)  # the self-test passes as the daemon runs it
+    conversion = meta.training["conversion"]
+    assert meta.quantization == "int8" and conversion == {**kept.fidelity, **conversion}
+    # the float network ships beside it, its scores within the agreement tolerance of the int8 one's
+    assert meta.float_model_sha256 is not None and conversion["float_score_disagreement"] <= 0.05
+    loaded = Inferencer.load(tmp_path / "q", num_threads=1, network="shipped")  # self-tests, as the daemon
     assert np.array_equal(
         loaded.logits(xv[:9]), np.concatenate([loaded.logits(xv[i : i + 1]) for i in range(9)])
     )
     differs = np.abs(loaded.logits(xv) - floating.logits(xv))
     assert 0 < float(differs.max()) < 2.0  # another network, close to the float one
+
+    assert Inferencer.load(tmp_path / "q", num_threads=1, network="float").network == "none"
+    strict = pytest.MonkeyPatch.context()
+    with strict as patch:  # a float network that disagrees with the quantized one does not ship
+        patch.setattr("inspectd.train.convert.AGREEMENT_TOLERANCE", 0.0)
+        alone = export_version(kept, tmp_path / "q2", "q-2", 0.5, (1.0, 0.0), xv[:8], {}, {"n": 1})
+    assert alone.float_model_sha256 is None and not (tmp_path / "q2" / "model-float.tflite").exists()
+    assert Inferencer.load(tmp_path / "q2", num_threads=1).network == "int8"
 
     refused = convert(model, (48, 48), "int8", x[:64], xv, yv, max_auc_drop=-1.0)
     assert refused.quantization == "none" and refused.content == floating.content

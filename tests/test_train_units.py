@@ -164,6 +164,7 @@ def test_bag_loss_is_cross_entropy_on_the_highest_place_of_each_bag() -> None:
 
 def test_reshots_of_one_part_share_a_group_and_other_images_do_not(tmp_path: Path) -> None:
     from inspectd.train.data.dataset import groups
+    from tests.images import png_bomb
 
     rng = np.random.default_rng(5)
     scene = cv2.GaussianBlur(rng.integers(0, 255, (300, 300), dtype=np.uint8), (0, 0), 6)
@@ -179,10 +180,15 @@ def test_reshots_of_one_part_share_a_group_and_other_images_do_not(tmp_path: Pat
         items.append(Labeled(path, 0, name, "folder"))
     (tmp_path / "broken.png").write_bytes(b"no")
     items.append(Labeled(tmp_path / "broken.png", 0, "broken", "folder"))
-    g = groups(items)
+    # a decompression bomb (a 100,000-pixel square in a few KB) is never decoded to be hashed: its header
+    # is over the decode stage's limit (this would take 20 GB)
+    (tmp_path / "bomb.png").write_bytes(png_bomb(100_000, 100_000))
+    items.append(Labeled(tmp_path / "bomb.png", 0, "bomb", "folder"))
+    g = groups(items, 50_000_000)
     assert g[0] == g[1] and g[2] != g[0]
-    assert g[3] == "broken"  # unreadable: a group of its own
-    assert groups(list(reversed(items))) == list(reversed(g))  # the order given does not matter
+    assert g[3] == "broken" and g[4] == "bomb"  # unreadable, or refused: a group of its own
+    assert groups(list(reversed(items)), 50_000_000) == list(reversed(g))  # the order does not matter
+    assert groups(items, 256 * 256 - 1)[:3] == ["a", "a-shifted", "b"]  # over the limit: not hashed
 
 
 def test_geometric_augmentation_at_the_source_keeps_a_thin_mark(tmp_path: Path) -> None:

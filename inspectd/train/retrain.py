@@ -101,7 +101,12 @@ def retrain(
     rc, art = _recipe(cfg.retrain, overrides)
     run = _begin(cfg, engine, rc)
     parts = split(
-        gather(engine, cfg, data), rc.holdout_fraction, rc.validation_fraction, rc.seed, rc.min_per_class
+        gather(engine, cfg, data),
+        rc.holdout_fraction,
+        rc.validation_fraction,
+        rc.seed,
+        rc.min_per_class,
+        cfg.decode.max_pixels,
     )
     if rc.input_size == 0:
         rc = rc.model_copy(update={"input_size": auto_input_size(parts.train, rc.tile, cfg.model.roi)})

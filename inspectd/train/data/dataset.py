@@ -79,24 +79,29 @@ def folder_examples(folder: Path, extensions: Sequence[str]) -> list[Labeled]:
 GROUP_RADIUS = 10  # dHash bits: a re-shot shifted by 2 px differs in 2-7 of 64, another image in 20-28
 
 
-def dhash(path: Path) -> int | None:
-    """The image's difference hash (64 bits, imagehash), or None when it cannot be read."""
+def dhash(path: Path, max_pixels: int) -> int | None:
+    """The image's difference hash (64 bits, imagehash), or None when it cannot be read or its header
+    declares more than ``max_pixels`` (``[decode] max_pixels``: the decode stage refuses it too; Pillow's
+    own bomb limit is off in this process, decode.py, so without this check a decompression bomb
+    would be decoded here in full: 20 GB for a 100,000-pixel square)."""
     import imagehash
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                return None
             return int(str(imagehash.dhash(image.convert("L"))), 16)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
 
 
-def groups(items: Sequence[Labeled], radius: int = GROUP_RADIUS) -> list[str]:
+def groups(items: Sequence[Labeled], max_pixels: int, radius: int = GROUP_RADIUS) -> list[str]:
     """A group per item: near-duplicates (dHash within ``radius`` bits of a group's first image) share one,
     so re-shots of the same part land on the same side of the split. Images are taken in the order of
     their content hash, each joining the nearest group whose first image is within the radius (no
     chains: a group spans at most twice the radius). Unreadable images are groups of their own."""
-    hashes = [dhash(item.path) for item in items]
+    hashes = [dhash(item.path, max_pixels) for item in items]
     leaders: list[int] = []  # dHash of each group's first image
     out = [""] * len(items)
     for i in sorted(range(len(items)), key=lambda i: items[i].sha256):
@@ -115,7 +120,11 @@ def groups(items: Sequence[Labeled], radius: int = GROUP_RADIUS) -> list[str]:
     return out
 
 
-def split(items: list[Labeled], holdout: float, validation: float, seed: int, min_per_class: int) -> Split:
+def split(
+    items: list[Labeled], holdout: float, validation: float, seed: int, min_per_class: int, max_pixels: int
+) -> Split:
+    """Train / validation / holdout, stratified by label and grouped by near-duplicates (``groups``;
+    ``max_pixels``: images whose header declares more are not hashed, the decode stage refuses them)."""
     for label, name in ((1, "present"), (0, "absent")):
         count = sum(1 for i in items if i.label == label)
         if count < min_per_class:
@@ -124,7 +133,7 @@ def split(items: list[Labeled], holdout: float, validation: float, seed: int, mi
                 "with `inspectd label`, the label folders, or --data FOLDER"
             )
     parts: dict[str, list[Labeled]] = {"train": [], "validation": [], "holdout": []}
-    for item, group in zip(items, groups(items), strict=True):
+    for item, group in zip(items, groups(items, max_pixels), strict=True):
         key = hashlib.sha256(f"{seed}:{item.label}:{group}".encode()).digest()
         u = int.from_bytes(key[:8], "big") / 2**64
         side = "holdout" if u < holdout else "validation" if u < holdout + validation else "train"

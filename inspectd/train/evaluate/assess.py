@@ -44,7 +44,12 @@ def evaluate_version(
         where = str(data)
     else:
         items = split(
-            gather(engine, cfg, None), rc.holdout_fraction, rc.validation_fraction, rc.seed, 2
+            gather(engine, cfg, None),
+            rc.holdout_fraction,
+            rc.validation_fraction,
+            rc.seed,
+            2,
+            cfg.decode.max_pixels,
         ).holdout
         where = "holdout"
     if len({i.label for i in items}) < 2:
