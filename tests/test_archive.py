@@ -162,6 +162,11 @@ def test_a_staged_file_of_a_daemon_that_is_alive_is_left_alone_however_old(tmp_p
         incoming / "c.png"
     ]
     assert mark.exists()  # an alive mark is not a staged file: never restored, never a candidate
+    # ages on a shared folder are measured by its file server's clock: this daemon's own mark, touched
+    before = time.time()
+    assert before - 1 <= archive.folder_time(incoming, mine) <= time.time() + 1
+    assert (incoming / archive.alive_name(mine)).exists()
+    assert before <= archive.folder_time(tmp_path / "gone", mine) <= time.time()  # none: this clock
 
 
 def test_a_source_that_is_gone_raises_and_creates_nothing(tmp_path: Path) -> None:

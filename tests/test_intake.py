@@ -167,6 +167,13 @@ def test_the_memory_budget_lets_one_huge_decode_in_at_a_time() -> None:
     assert order == ["first done", "second"] and budget.used == 0
     with budget.reservation() as held, pytest.raises(OverBudget):
         held.ensure(101)
+    with budget.reservation() as held:  # a temporary buffer (the frame shrunk once) is given back
+        held.ensure(90)
+        held.shrink_to(40)
+        assert budget.used == 40 and held.bytes == 40
+        held.shrink_to(60)  # never grows
+        assert budget.used == 40
+    assert budget.used == 0
 
 
 def test_a_bug_after_the_open_does_not_leak_the_files_descriptor(

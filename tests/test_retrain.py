@@ -262,6 +262,7 @@ def test_quantized_network_ships_only_if_it_ranks_as_well(tmp_path: Path) -> Non
     inputs, self-tested as the daemon loads it; refused (the float network ships) when it loses ranking."""
     import numpy as np
 
+    from inspectd.model.choice import AGREEMENT_TOLERANCE
     from inspectd.model.runtime import Inferencer
     from inspectd.ops.synth import SynthSpec
     from inspectd.train.convert import MAX_AUC_DROP, convert, export_version
@@ -285,7 +286,8 @@ def test_quantized_network_ships_only_if_it_ranks_as_well(tmp_path: Path) -> Non
     conversion = meta.training["conversion"]
     assert meta.quantization == "int8" and conversion == {**kept.fidelity, **conversion}
     # the float network ships beside it, its scores within the agreement tolerance of the int8 one's
-    assert meta.float_model_sha256 is not None and conversion["float_score_disagreement"] <= 0.05
+    assert meta.float_model_sha256 is not None
+    assert conversion["float_score_disagreement"] <= AGREEMENT_TOLERANCE
     loaded = Inferencer.load(tmp_path / "q", num_threads=1, network="shipped")  # self-tests, as the daemon
     assert np.array_equal(
         loaded.logits(xv[:9]), np.concatenate([loaded.logits(xv[i : i + 1]) for i in range(9)])

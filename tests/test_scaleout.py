@@ -99,6 +99,15 @@ def test_a_live_worker_keeps_its_claims_past_the_lease_and_a_hung_one_loses_them
     assert (incoming / archive.alive_name(archive.token_for("a"))).exists()
     assert b.claim("h1", "/in/x.png").state is ClaimState.HELD
     assert a.renew() == 2  # its own two, not b's
+    a.forget(["h2"])  # its batch is done, whatever became of it (changed, gone): no longer renewed
+    assert a.renew() == 1
+    # incoming cannot take the alive mark (read-only, say): the claims are renewed all the same
+    broken = Leases(a, tmp_path / "not-a-folder", archive.token_for("a"), lambda: True)
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    time.sleep(1.0)
+    assert not broken.renew()  # the mark failed...
+    time.sleep(1.0)
+    assert b.claim("h1", "/in/x.png").state is ClaimState.HELD  # ...and the lease was renewed
     loop_alive = False  # hung: the keeper lets the leases run out
     assert not keeper.renew()
     time.sleep(1.8)

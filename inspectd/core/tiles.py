@@ -82,31 +82,60 @@ def boxes_for(view: View, width: int, height: int) -> list[Box]:
     return [area] if view.tile is None else grid(area, view.tile, view.overlap)
 
 
+@dataclass(frozen=True, slots=True)
+class Shrink:
+    """How ``cut`` makes tiles of one size from one shrink: the region (x0, y0, x1, y1) the tiles cover,
+    shrunk to ``width`` x ``height`` pixels, ``fx``/``fy`` its scale."""
+
+    region: tuple[int, int, int, int]
+    width: int
+    height: int
+    fx: float
+    fy: float
+
+    def working_bytes(self, itemsize: int) -> int:
+        """Memory ``cut`` holds besides the tiles: the shrunk region, resized and as float32."""
+        return self.width * self.height * (itemsize + 4)
+
+
+def shrink_for(boxes: list[Box], size: tuple[int, int]) -> Shrink | None:
+    """The one-shrink plan of ``cut`` for ``boxes``, or None when each tile is resized on its own (one
+    tile, tiles of several sizes, or tiles that would be enlarged: an enlarged frame would take the tiles'
+    area times the scale; shrunk, the region has no more pixels than the tiles themselves)."""
+    height, width = size
+    sides = {(w, h) for _, _, w, h in boxes}
+    if len(boxes) < 2 or len(sides) != 1:
+        return None
+    ((tw, th),) = sides
+    if tw <= width or th <= height:
+        return None
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    fx, fy = width / tw, height / th
+    shrunk_w, shrunk_h = max(width, round((x1 - x0) * fx)), max(height, round((y1 - y0) * fy))
+    return Shrink((x0, y0, x1, y1), shrunk_w, shrunk_h, fx, fy)
+
+
 def cut(
     image: npt.NDArray[Any], boxes: list[Box], size: tuple[int, int], shared: bool = True
 ) -> npt.NDArray[np.float32]:
     """The model inputs for ``boxes``: (N, height, width, 1) float32, through the one preprocess.
 
-    Tiles of one size that must be shrunk (never enlarged) are cut from the region they cover, shrunk
-    once to the scale of the model's input (a tile's pixels then come from one resize of the frame, not
-    one resize per tile: 42 overlapping tiles are 1.8 times the frame's pixels), each tile a slice of it
+    Tiles of one size that must be shrunk are cut from the region they cover, shrunk once to the scale
+    of the model's input (``shrink_for``: a tile's pixels then come from one resize of the frame, not
+    one resize per tile; 42 overlapping tiles are 1.8 times the frame's pixels), each tile a slice of it
     at its scaled place, rounded to the nearest pixel. Training cuts tiles through this same function.
     ``shared`` False: one resize per tile (the previous way, the benchmark's baseline)."""
     gray = to_gray(image)
     out = np.empty((len(boxes), *size, 1), np.float32)
     height, width = size
-    sides = {(w, h) for _, _, w, h in boxes}
-    ((tw, th),) = sides if len(sides) == 1 else ((0, 0),)
-    # shrunk, never enlarged: then the shrunk region has no more pixels than the tiles themselves
-    if shared and len(boxes) > 1 and tw > width and th > height:
-        x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
-        x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
-        fx, fy = width / tw, height / th
-        shrunk_w, shrunk_h = max(width, round((x1 - x0) * fx)), max(height, round((y1 - y0) * fy))
-        shrunk = preprocess(gray[y0:y1, x0:x1], (shrunk_h, shrunk_w))
+    plan = shrink_for(boxes, size) if shared else None
+    if plan is not None:
+        x0, y0, x1, y1 = plan.region
+        shrunk = preprocess(gray[y0:y1, x0:x1], (plan.height, plan.width))
         for i, (x, y, _, _) in enumerate(boxes):
-            left = min(round((x - x0) * fx), shrunk_w - width)
-            top = min(round((y - y0) * fy), shrunk_h - height)
+            left = min(round((x - x0) * plan.fx), plan.width - width)
+            top = min(round((y - y0) * plan.fy), plan.height - height)
             out[i] = shrunk[top : top + height, left : left + width]
         return out
     for i, (x, y, w, h) in enumerate(boxes):

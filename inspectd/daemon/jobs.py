@@ -21,7 +21,9 @@ def rescan(cfg: Config, readiness: Readiness, metrics: Metrics) -> None:
     is over) become candidates."""
     if cfg.cluster.shared_incoming:
         token = archive.token_for(cfg.station.name)
-        for restored in archive.recover_staged(cfg.paths.incoming, token, cfg.cluster.lease_s, own=False):
+        now = archive.folder_time(cfg.paths.incoming, token)
+        staged = archive.recover_staged(cfg.paths.incoming, token, cfg.cluster.lease_s, own=False, now=now)
+        for restored in staged:
             log.warning("rescan.restored", file=archive.safe_name(restored.name))
     found = readiness.scan()
     metrics.incoming.set(readiness.last_scan_total)

@@ -126,7 +126,13 @@ class Daemon:
         )
         if self.claims is not None:
             jobs.purge_stale_claims(self.claims)
-            leases = Leases(self.claims, cfg.paths.incoming, token, self.liveness.recent)
+            stall = cfg.systemd.stall_after_s
+            intake = self.intake
+
+            def alive() -> bool:  # the watchdog's own test: the loop beats, every decode worker moves
+                return self.liveness.recent() and intake.alive(stall)
+
+            leases = Leases(self.claims, cfg.paths.incoming, token, alive)
             leases.start()
             self._stack.callback(leases.stop)
         if cfg.mqtt.url is not None:

@@ -40,14 +40,14 @@ class Runner:
 
     def __init__(self, content: bytes, input_size: tuple[int, int], num_threads: int) -> None:
         self._content = content
-        self._threads = num_threads or (os.cpu_count() or 1)
+        self.threads = num_threads or (os.cpu_count() or 1)
         self._interpreters: dict[int, Interpreter] = {}
         self._shape = (*input_size, 1)
 
     def interpreter(self, bucket: int) -> Interpreter:
         interpreter = self._interpreters.get(bucket)
         if interpreter is None:
-            interpreter = Interpreter(model_content=self._content, num_threads=self._threads)
+            interpreter = Interpreter(model_content=self._content, num_threads=self.threads)
             inputs = interpreter.get_input_details()
             outputs = interpreter.get_output_details()
             if len(inputs) != 1 or len(outputs) != 1:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from inspectd.core import logs
 from inspectd.core.config import ModelConfig, NetworkChoice, TileReduce
 from inspectd.core.records import Decoded, Scored, Verdict
 from inspectd.core.registry import (
@@ -28,6 +29,8 @@ from inspectd.core.tiles import view_for
 from inspectd.model.choice import AGREEMENT_TOLERANCE, Choice, choose, time_per_input
 from inspectd.model.runner import MAX_CHUNK, Runner, call_sizes
 
+log = logs.get("inspectd.model")
+
 __all__ = ["MAX_CHUNK", "Inferencer", "ModelLoadError", "Runner", "call_sizes", "load_version", "sigmoid"]
 
 SELFTEST_TOLERANCE = 1e-3
@@ -35,6 +38,7 @@ SELFTEST_TOLERANCE = 1e-3
 # a score by up to a few thousandths; a wrong or damaged model misses by far more.
 SELFTEST_TOLERANCE_QUANTIZED = 0.01
 MAX_TIMED_CALL = 16  # the networks are timed on calls of the largest size a batch uses, up to this
+_TIMINGS: dict[tuple[str, str, int, int], dict[str, float]] = {}  # made once per process (_choose)
 
 
 class ModelLoadError(Exception):
@@ -125,8 +129,11 @@ class Inferencer:
         except (RegistryError, OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{version_dir}: {_one_line(exc)}") from None
         sizes = call_sizes(max_inputs(meta))
-        disagreement = inferencer.self_test(version_dir / SELFTEST_FILE)
-        inferencer._choose(network, disagreement, min(sizes[-1], MAX_TIMED_CALL))
+        try:  # an interpreter that cannot be made or run is a ModelLoadError like any other refusal
+            disagreement = inferencer.self_test(version_dir / SELFTEST_FILE)
+            inferencer._choose(network, disagreement, min(sizes[-1], MAX_TIMED_CALL))
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{meta.version}: {_one_line(exc)}") from None
         for size in sizes:
             try:
                 inferencer._runner.check(size)
@@ -137,18 +144,21 @@ class Inferencer:
         return inferencer
 
     def _choose(self, mode: NetworkChoice, disagreement: float | None, call: int) -> None:
-        """Keep the network that runs (choice.py); the other one's interpreters are dropped."""
+        """Keep the network that runs (choice.py); the other one's interpreters are dropped. The
+        timing is made once per version, call size and thread count in a process, so that a reload
+        (while the decode workers load every core) does not swap the network on a noisy measurement."""
+        if len(self._runners) == 1:  # one network shipped, or the float one dropped: self.choice says
+            return
         timings = None
         if disagreement is not None and disagreement <= AGREEMENT_TOLERANCE and mode == "fastest":
-            x = np.random.default_rng(0).random((call, *self.input_size, 1), dtype=np.float32)
-            try:
+            key = (self.meta.version, self.meta.model_sha256, call, self._runner.threads)
+            timings = _TIMINGS.get(key)
+            if timings is None:
+                x = np.random.default_rng(0).random((call, *self.input_size, 1), dtype=np.float32)
                 runs: dict[str, Callable[[], object]] = {
                     name: partial(runner.logits, x) for name, runner in self._runners.items()
                 }
-                timings = time_per_input(runs, call)
-            except (ValueError, RuntimeError) as exc:
-                reason = f"{self.version}: cannot run a call of {call} inputs: {_one_line(exc)}"
-                raise ModelLoadError(reason) from None
+                timings = _TIMINGS[key] = time_per_input(runs, call)
         self.choice = choose(mode, self.meta.quantization, disagreement, timings)
         self._runner = self._runners[self.choice.network]
         self._runners = {self.choice.network: self._runner}
@@ -164,12 +174,13 @@ class Inferencer:
         return sigmoid(np.float32(cal.a) * logits + np.float32(cal.b))
 
     def self_test(self, selftest: Path) -> float | None:
-        """Reproduce the scores recorded when the version was made, with each network it ships; refuse
-        the model otherwise. Returns how far the float network's scores are from the quantized one's
-        (None: one network)."""
+        """Reproduce the scores recorded when the version was made, with each network it ships. The
+        shipped network must, or the version is refused; a float network that does not (another CPU's
+        rounding, say) is dropped and the shipped one runs. Returns how far the float network's recorded
+        scores are from the quantized one's (None: one network left)."""
         try:
             with np.load(selftest) as data:
-                inputs = data["inputs"].astype(np.float32) / 255.0
+                inputs = data["inputs"].astype(np.float32)[..., np.newaxis] / 255.0
                 expected: dict[str, npt.NDArray[np.float32]] = {
                     self.meta.quantization: data["scores"].astype(np.float32)
                 }
@@ -179,20 +190,33 @@ class Inferencer:
             raise ModelLoadError(f"{selftest}: missing; every version must ship its self-test") from None
         except (OSError, KeyError, ValueError) as exc:
             raise ModelLoadError(f"{selftest}: unreadable self-test: {exc}") from None
-        for network, runner in self._runners.items():
-            got = self._calibrated(runner.logits(inputs[..., np.newaxis]))
-            if not np.all(np.isfinite(got)):
-                reason = f"{self.version}: the {_label(network)} network outputs non-finite scores"
-                raise ModelLoadError(reason)
-            worst = float(np.max(np.abs(got - expected[network])))
-            if worst > (SELFTEST_TOLERANCE if network == "none" else SELFTEST_TOLERANCE_QUANTIZED):
-                raise ModelLoadError(
-                    f"{self.version}: self-test scores of the {_label(network)} network differ from the "
-                    f"recorded ones by up to {worst:.4f}"
-                )
-        if len(expected) == 1:
+        problem = self._reproduces(self.meta.quantization, inputs, expected[self.meta.quantization])
+        if problem is not None:
+            raise ModelLoadError(f"{self.version}: {problem}")
+        if len(self._runners) == 1:
+            return None
+        problem = self._reproduces("none", inputs, expected["none"])
+        if problem is not None:
+            log.warning("model.float_network_dropped", version=self.version, reason=problem)
+            del self._runners["none"]
+            self.choice = Choice(self.meta.quantization, f"the float network is dropped: {problem}", {})
             return None
         return float(np.max(np.abs(expected["none"] - expected[self.meta.quantization])))
+
+    def _reproduces(
+        self, network: str, inputs: npt.NDArray[np.float32], expected: npt.NDArray[np.float32]
+    ) -> str | None:
+        """None when ``network`` gives the recorded scores, else why not."""
+        got = self._calibrated(self._runners[network].logits(inputs))
+        if not np.all(np.isfinite(got)):
+            return f"the {_label(network)} network outputs non-finite scores"
+        worst = float(np.max(np.abs(got - expected)))
+        if worst > (SELFTEST_TOLERANCE if network == "none" else SELFTEST_TOLERANCE_QUANTIZED):
+            return (
+                f"self-test scores of the {_label(network)} network differ from the recorded ones by up "
+                f"to {worst:.4f}"
+            )
+        return None
 
     def classify(
         self, images: list[Decoded], threshold: float | None = None, reduce: TileReduce = "max"

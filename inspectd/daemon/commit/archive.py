@@ -222,6 +222,18 @@ def mark_alive(folder: Path, token: str) -> None:
     (folder / alive_name(token)).touch()
 
 
+def folder_time(folder: Path, token: str) -> float:
+    """Now, by the clock of the folder's file server (this daemon's mark, touched and read back), so that
+    ages of other daemons' files and marks on a network share are measured by the clock that stamped
+    them, not by this machine's, which may be off; this machine's clock when the mark cannot be
+    written."""
+    try:
+        mark_alive(folder, token)
+        return (folder / alive_name(token)).stat().st_mtime
+    except OSError:
+        return time.time()
+
+
 def clear_alive(folder: Path, token: str) -> None:
     with contextlib.suppress(OSError):
         (folder / alive_name(token)).unlink(missing_ok=True)

@@ -150,6 +150,11 @@ class Persist:
         self.with_retry(partial(self.store.insert, [], hashes))  # the claims of the batch end here
         return inserted, refused, moved
 
+    def forget(self, hashes: Iterable[str]) -> None:
+        """These files are out of flight (shared folder: their claims are no longer renewed)."""
+        if self.store.claims is not None:
+            self.store.claims.forget(hashes)
+
     def set_stored_path(self, row_id: int, stored_path: str) -> None:
         try:
             self.with_retry(partial(self.store.set_stored_path, row_id, stored_path))

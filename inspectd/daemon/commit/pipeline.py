@@ -84,6 +84,8 @@ class Pipeline:
         finally:
             for prepared in batch:
                 prepared.item.source.close()
+            # whatever became of them, these files are no longer in flight: their claims are not renewed
+            self.persist.forget(h for p in batch if (h := getattr(p.item, "sha256", None)))
 
     def _finish(self, batch: list[Prepared]) -> list[Outcome]:
         view = self.view()
@@ -96,15 +98,15 @@ class Pipeline:
         # writer reaching the name can change the bytes the row is about.
         staged = {id(i): self.mover.stage(i) for i in items}
         try:
+            claimed = [i.sha256 for i in items]  # a file that changed is read again: its claim ends too
             items, stages = _drop_changed(items, stages, staged)
             world = self._world(known)
             roots = self.mover.destinations.roots()
             planned = plan.plan([_candidate(i, staged.get(id(i))) for i in items], roots, world)
             started = time.perf_counter()
             rows = [self._row(i, p, scored, world.now) for i, p in zip(items, planned, strict=True)]
-            hashes = [i.sha256 for i in items]
             new = [r for r in rows if r is not None]
-            inserted, refused, substitutes = self.persist.insert(new, hashes, roots.quarantine)
+            inserted, refused, substitutes = self.persist.insert(new, claimed, roots.quarantine)
         except BaseException:  # not recorded: every file back under its name, untouched
             for held in staged.values():
                 if held is not None:

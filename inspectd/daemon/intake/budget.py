@@ -67,6 +67,13 @@ class Reservation:
         self._budget._resize(self.bytes, n)
         self.bytes = n
 
+    def shrink_to(self, n: int) -> None:
+        """Hold only ``n`` bytes from now on (a temporary buffer was freed)."""
+        if self._budget is None or n >= self.bytes:
+            return
+        self._budget._resize(self.bytes, n)
+        self.bytes = n
+
     def release(self) -> None:
         if self._budget is not None and self.bytes:
             self._budget._free(self.bytes)

@@ -14,6 +14,7 @@ once. Station names must therefore be unique per daemon.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -41,6 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from inspectd.core.db import Claim, Result
 
+RENEW_CHUNK = 500  # hashes per renewal statement
 STALE_CLAIM_S = 86_400.0  # expired claims older than this (their file removed by hand) are purged
 
 
@@ -78,6 +80,8 @@ class ClaimBook:
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._now = db_now(dialect)
         self._postgres = dialect == "postgresql"
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()  # hashes this worker claimed and has not finished (renew)
 
     def claim(self, sha256: str, path: str) -> ClaimResult:
         return self.claim_many({sha256: path})[sha256]
@@ -99,6 +103,8 @@ class ClaimBook:
                 out[sha] = ClaimResult(
                     ClaimState.TAKEN_OVER if taken_over else ClaimState.CLAIMED, self.worker
                 )
+            with self._lock:
+                self._in_flight.update(out)
             lost = sorted(set(wanted) - set(out))
             if lost:
                 # already recorded (by a worker that has not moved the file yet, or a copy of the same
@@ -152,23 +158,44 @@ class ClaimBook:
         return upsert
 
     def renew(self) -> int:
-        """Extend every lease this worker holds (leases.py calls it while the daemon is alive), so only a
-        crashed or hung worker's claims run out; the number renewed. Raises SQLAlchemyError."""
-        statement = (
-            update(Claim)
-            .where(Claim.worker == self.worker)
-            .values(lease_until=self._now + literal(self.lease_s, Float))
-        )
-        with self.engine.begin() as conn:
-            if self._postgres:
-                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            return int(conn.execute(statement).rowcount or 0)
+        """Extend the leases of the claims this worker holds for files still in flight (leases.py calls
+        it while the daemon is alive), so only a crashed or hung worker's claims run out; the number
+        renewed. Rows locked by another transaction at that instant (a release, a take-over) are skipped,
+        not waited for, and the rows are locked in hash order as claims are: no deadlock. Raises
+        SQLAlchemyError."""
+        with self._lock:
+            wanted = sorted(self._in_flight)
+        renewed = 0
+        for start in range(0, len(wanted), RENEW_CHUNK):
+            chunk = wanted[start : start + RENEW_CHUNK]
+            mine = (
+                select(Claim.content_hash)
+                .where(Claim.worker == self.worker, Claim.content_hash.in_(chunk))
+                .order_by(Claim.content_hash)
+                .with_for_update(skip_locked=True)
+            )
+            statement = (
+                update(Claim)
+                .where(Claim.content_hash.in_(mine.scalar_subquery()))
+                .values(lease_until=self._now + literal(self.lease_s, Float))
+            )
+            with self.engine.begin() as conn:
+                if self._postgres:
+                    conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                renewed += int(conn.execute(statement).rowcount or 0)
+        return renewed
+
+    def forget(self, hashes: Iterable[str]) -> None:
+        """These files are no longer in flight (finished, changed, gone): their leases are not renewed."""
+        with self._lock:
+            self._in_flight.difference_update(hashes)
 
     def release(self, conn: Connection, hashes: Iterable[str]) -> None:
         """Drop this worker's claims, inside the transaction that commits their results."""
         wanted = sorted(set(hashes))
         if wanted:
             conn.execute(delete(Claim).where(Claim.content_hash.in_(wanted), Claim.worker == self.worker))
+            self.forget(wanted)
 
     def purge_stale(self) -> int:
         """Remove expired claims that no one will take over: their image has a result (a worker died

@@ -24,7 +24,7 @@ from PIL import Image
 
 from inspectd.core.preprocess import UnsupportedImage
 from inspectd.core.records import Changed, Decoded, FileId, Loaded, OpenFile, ReadyFile, Rejected, Vanished
-from inspectd.core.tiles import View, boxes_for, cut
+from inspectd.core.tiles import View, boxes_for, cut, shrink_for
 from inspectd.daemon.intake.budget import UNBOUNDED, MemoryBudget, OverBudget, Reservation
 from inspectd.daemon.intake.pixels import decode_pixels
 
@@ -331,9 +331,11 @@ def decode_loaded(
     except ValueError as exc:
         return Rejected(ready, digest, size_bytes, "roi_outside_frame", str(exc), width, height)
     try:
-        inputs = len(boxes) * view.input_size[0] * view.input_size[1] * 4  # float32 tiles
-        held.ensure(held.bytes + inputs)
+        kept = held.bytes + len(boxes) * view.input_size[0] * view.input_size[1] * 4  # float32 tiles
+        plan = shrink_for(boxes, view.input_size)  # and, while they are cut, the frame shrunk once
+        held.ensure(kept + (plan.working_bytes(image.dtype.itemsize) if plan is not None else 0))
         tiles = cut(image, boxes, view.input_size)
+        held.shrink_to(kept)
     except OverBudget as exc:
         return Rejected(ready, digest, size_bytes, "too_large_to_decode", f"{len(boxes)} tiles: {exc}")
     except UnsupportedImage as exc:
