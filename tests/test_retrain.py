@@ -382,6 +382,7 @@ def test_retrain_with_the_marks_artwork(upgraded: Workspace, tmp_path: Path) -> 
             "head": "mil",
             "fine_tune_epochs": 0,
             "hard_negative_epochs": 1,
+            "head_restarts": 2,
             "quantize": "none",
             "symbol": {"count": 40},
         }
@@ -403,11 +404,13 @@ def test_retrain_with_the_marks_artwork(upgraded: Workspace, tmp_path: Path) -> 
     assert features["synthetic"] == 40
     assert any(e["event"] == "progress" and e["step"] == "compositing" and e["done"] == 40 for e in events)
     assert any(e["event"] == "hard_negatives.done" for e in events)
+    (restarted,) = [e for e in events if e["event"] == "head.restarted"]  # a second head, from scratch
+    assert restarted["restart"] == 1 and 0.0 <= restarted["validation_roc_auc"] <= 1.0
     version = (upgraded.models / "active").read_text().strip()
     folder = upgraded.models / "versions" / version
     with open(folder / "history.csv", newline="") as fh:
         history = list(csv.DictReader(fh))
-    assert len(history) >= 2 and {"epoch", "loss", "val_auc"} <= set(history[0])
+    assert len(history) >= 4 and {"epoch", "loss", "val_auc"} <= set(history[0])  # both heads' epochs
     with open(folder / "holdout.csv", newline="") as fh:
         holdout = list(csv.DictReader(fh))
     meta = json.loads((folder / "metadata.json").read_text())

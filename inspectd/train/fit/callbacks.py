@@ -19,21 +19,22 @@ from inspectd.train.tf import keras, tensorflow
 log = logs.get("inspectd.train.fit")
 
 
-def schedule(rc: RetrainConfig) -> list[Any]:
+def schedule(rc: RetrainConfig, first: int = 0) -> list[Any]:
     """Early stopping on the validation ROC-AUC (the best epoch's weights restored) and a learning rate
-    cut by 0.3 on a plateau, neither acting before ``rc.min_epochs``: a MIL head can spend several epochs
-    at chance before it finds the mark. The best epoch is tracked from the first."""
+    cut by 0.3 on a plateau, neither acting before ``rc.min_epochs`` (counted from ``first``, the round's
+    first epoch): a MIL head can spend several epochs at chance before it finds the mark. The best epoch
+    is tracked from the first."""
     k = keras()
 
     class Stopping(k.callbacks.EarlyStopping):  # type: ignore[misc,name-defined]
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             super().on_epoch_end(epoch, logs)
-            if epoch + 1 < rc.min_epochs:
+            if epoch + 1 - first < rc.min_epochs:
                 self.model.stop_training = False
 
     class Plateau(k.callbacks.ReduceLROnPlateau):  # type: ignore[misc,name-defined]
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            if epoch + 1 >= rc.min_epochs:
+            if epoch + 1 - first >= rc.min_epochs:
                 super().on_epoch_end(epoch, logs)
 
     return [

@@ -42,7 +42,9 @@ def fit_bags(
     logit_map = k.Model(head.input, head.get_layer("logit_map").output, name="logit_map")
     weights = bags.frame_weights(labels)
 
-    def fit_round(weights: npt.NDArray[np.float32], learning_rate: float, epochs: int, first: int) -> int:
+    def fit_round(
+        weights: npt.NDArray[np.float32], learning_rate: float, epochs: int, first: int, guard: bool = False
+    ) -> int:
         train = (
             tf.data.Dataset.from_tensor_slices((f, targets, weights))
             .shuffle(len(f), seed=rc.seed + first, reshuffle_each_iteration=True)
@@ -53,7 +55,7 @@ def fit_bags(
         logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.bag_loss)
         callbacks = [
             frame_auc(head, fv, yv),
-            *schedule(rc),
+            *schedule(rc, first if guard else 0),
             k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
             confusion_images(fv, yv, run_dir / "tensorboard", model=head),
             k.callbacks.CSVLogger(str(run_dir / TRAINING_HISTORY_FILE), append=True),
@@ -69,6 +71,16 @@ def fit_bags(
         return first + len(history.history["loss"])
 
     epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, 0)
+    best_auc, best = validation_auc(head, fv, yv), head.get_weights()
+    for restart in range(1, rc.head_restarts):  # another start: keep the head validation ranks best
+        k.utils.set_random_seed(rc.seed + restart)
+        head.set_weights(k.models.clone_model(head).get_weights())  # fresh initial weights
+        epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, epochs_run, guard=True)
+        auc = validation_auc(head, fv, yv)
+        log.info("head.restarted", restart=restart, validation_roc_auc=round(auc, 4), best=round(best_auc, 4))
+        if auc > best_auc:
+            best_auc, best = auc, head.get_weights()
+    head.set_weights(best)
     if not rc.hard_negative_epochs:
         return epochs_run
     first_auc = validation_auc(head, fv, yv)
