@@ -50,6 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from inspectd.core.preprocess import preprocess
 from inspectd.core.registry import ModelRegistry, bundled_model_dir
 from inspectd.daemon import memory
+from inspectd.model.choice import network_name
 from inspectd.model.runtime import Inferencer
 from inspectd.ops.synth import SynthSpec, generate
 
@@ -144,11 +145,11 @@ def runtimes(batch: int = 32, repeats: int = 20, version: Path | None = None) ->
             samples.append(time.perf_counter() - started)
         return statistics.median(samples) / batch * 1000
 
-    chosen = "float" if lite.network == "none" else lite.network
+    chosen = network_name(lite.network)
     out[f"litert_{chosen}_chosen"] = timed(lambda: lite.logits(x))
     for network in ("shipped", "float"):
         each = Inferencer.load(bundled_model_dir(), num_threads=os.cpu_count() or 1, network=network)
-        name = "float" if each.network == "none" else each.network
+        name = network_name(each.network)
         out[f"litert_{name}"] = timed(lambda each=each: each.logits(x))
     model = small_cnn(lite.input_size)
     compiled = tf.function(
@@ -160,9 +161,7 @@ def runtimes(batch: int = 32, repeats: int = 20, version: Path | None = None) ->
     if version is not None:
         other = Inferencer.load(version, num_threads=os.cpu_count() or 1)
         xm = np.random.default_rng(0).random((batch, *other.input_size, 1), dtype=np.float32)
-        out[f"model_litert_{'float' if other.network == 'none' else other.network}"] = timed(
-            lambda: other.logits(xm)
-        )
+        out[f"model_litert_{network_name(other.network)}"] = timed(lambda: other.logits(xm))
     return out
 
 

@@ -16,6 +16,7 @@ from inspectd.daemon.health import Health
 from inspectd.daemon.metrics import Metrics
 from inspectd.model import active
 from inspectd.model.active import ActiveModel
+from inspectd.model.choice import network_name
 from inspectd.model.runtime import ModelLoadError
 
 log = logs.get("inspectd.daemon")
@@ -82,7 +83,7 @@ class Models:
                 "version": model.version,
                 "threshold": f"{model.meta.threshold:.4f}",
                 "input_size": "x".join(map(str, model.runtime.input_size)),
-                "network": "float" if model.runtime.network == "none" else model.runtime.network,
+                "network": network_name(model.runtime.network),
                 "network_reason": model.runtime.choice.reason,
             }
         )

@@ -47,11 +47,13 @@ def choose(
     if not timings:
         raise ValueError("choosing the fastest network needs its timings")
     fastest = min(timings, key=lambda k: timings[k])
-    measured = ", ".join(f"{_name(k)} {v:.3f}" for k, v in sorted(timings.items(), key=lambda kv: kv[1]))
+    ranked = sorted(timings.items(), key=lambda kv: kv[1])
+    measured = ", ".join(f"{network_name(k)} {v:.3f}" for k, v in ranked)
     return Choice(fastest, f"fastest here: {measured} ms per input", dict(timings))
 
 
-def _name(network: str) -> str:
+def network_name(network: str) -> str:
+    """A network as people name it: its quantization, "none" being float."""
     return "float" if network == "none" else network
 
 

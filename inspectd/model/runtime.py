@@ -26,7 +26,7 @@ from inspectd.core.registry import (
     read_meta,
 )
 from inspectd.core.tiles import view_for
-from inspectd.model.choice import AGREEMENT_TOLERANCE, Choice, choose, time_per_input
+from inspectd.model.choice import AGREEMENT_TOLERANCE, Choice, choose, network_name, time_per_input
 from inspectd.model.runner import MAX_CHUNK, Runner, call_sizes
 
 log = logs.get("inspectd.model")
@@ -50,10 +50,6 @@ def max_inputs_for(meta: ModelMeta, model_cfg: ModelConfig, batch_max_size: int)
     the batch when it is tiled (the call sizes then go up to MAX_CHUNK), else one input per image."""
     tiled = view_for(meta, model_cfg).tile is not None
     return MAX_CHUNK if tiled else batch_max_size
-
-
-def _label(network: str) -> str:
-    return "float" if network == "none" else network
 
 
 def _one_line(exc: BaseException) -> str:
@@ -209,12 +205,12 @@ class Inferencer:
         """None when ``network`` gives the recorded scores, else why not."""
         got = self._calibrated(self._runners[network].logits(inputs))
         if not np.all(np.isfinite(got)):
-            return f"the {_label(network)} network outputs non-finite scores"
+            return f"the {network_name(network)} network outputs non-finite scores"
         worst = float(np.max(np.abs(got - expected)))
         if worst > (SELFTEST_TOLERANCE if network == "none" else SELFTEST_TOLERANCE_QUANTIZED):
             return (
-                f"self-test scores of the {_label(network)} network differ from the recorded ones by up "
-                f"to {worst:.4f}"
+                f"self-test scores of the {network_name(network)} network differ from the recorded ones "
+                f"by up to {worst:.4f}"
             )
         return None
 
