@@ -33,11 +33,13 @@ them, and ``--data`` carries none); ``--skip NAME`` drops one.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.quality_data import ARTWORK, LABELS_CSV, SYMBOLS, SetSpec, ensure_sets
+from inspectd.core.registry import TRAINING_HISTORY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = "@seed"  # the FLAGS of the standalone tutorial baseline
@@ -226,6 +229,15 @@ def split_flags(flags: str) -> tuple[dict[str, str], list[str]]:
     return env, words
 
 
+def seconds_per_epoch(history: Path) -> float | None:
+    """The median epoch's wall-clock seconds in a version's history.csv (its ``seconds`` column)."""
+    if not history.is_file():
+        return None
+    with history.open(newline="") as fh:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(fh) if row.get("seconds")]
+    return round(statistics.median(seconds), 2) if seconds else None
+
+
 def run_inspectd(
     name: str,
     flags: list[str],
@@ -272,6 +284,7 @@ def run_inspectd(
             retrain_seconds=round(retrained.seconds, 1),
             retrain_seconds_reported=meta.get("training", {}).get("seconds"),
             retrain_peak_rss_mib=round(retrained.peak_rss_mib, 1),
+            seconds_per_epoch=seconds_per_epoch(models / "versions" / version / TRAINING_HISTORY_FILE),
         )
         compared = meta.get("metrics", {}).get("compared_with")
         if reference is not None and compared:
@@ -392,6 +405,7 @@ def baseline(train: Path, test: Path, out: Path, epochs: int, seed: int) -> None
         "input_size": 64,
         "backbone": "tutorial_cnn",
         "fit_seconds": round(fit_seconds, 1),
+        "seconds_per_epoch": round(fit_seconds / epochs, 2),
         "split": {"train": int((~validation).sum()), "validation": int(validation.sum())},
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -431,6 +445,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "in-dist AUC",
         "TP/FP/FN/TN",
         "epochs",
+        "s/epoch",
         "train s",
         "RSS MiB",
     )
@@ -456,6 +471,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 _num(r.get("in_distribution_roc_auc"), "{:.3f}"),
                 f"{cm['tp']}/{cm['fp']}/{cm['fn']}/{cm['tn']}",
                 str(r.get("epochs") or "-"),
+                _num(r.get("seconds_per_epoch"), "{:.1f}"),
                 _num(r.get("retrain_seconds"), "{:.0f}"),
                 _num(r.get("retrain_peak_rss_mib"), "{:.0f}"),
             )

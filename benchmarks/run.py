@@ -3,8 +3,10 @@
 Workload: N generated 1280x1024 8-bit grayscale PNGs, about half with the mark (cached under
 bench-results/cache/). Measured in one run, on the same files:
 
-  ceiling    decode + resize of the files alone, on all cores (a thread per core; OpenCV drops the GIL),
-             measured before and after each burst (the machine's speed drifts between minutes)
+  ceiling    decode + resize of the files alone, on all cores (a thread per core; the decoders drop the
+             GIL), measured before and after each burst (the machine's speed drifts between minutes),
+             twice: with cv2.imdecode (OpenCV's libpng), then with the decode stage's own decoder
+             (daemon/intake/pixels.py: libdeflate and a delta decode for these files)
   naive      the tutorial script: cv2.imread, model.predict on one image, one SQLAlchemy commit per row
              (on a subset: it is slow; the same architecture as the bundled model, whose weights do not
              change its cost)
@@ -44,12 +46,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from inspectd.core.preprocess import preprocess
 from inspectd.core.registry import ModelRegistry, bundled_model_dir
 from inspectd.daemon import memory
+from inspectd.daemon.intake.pixels import decode_pixels
 from inspectd.model.choice import network_name
 from inspectd.model.runtime import Inferencer
 from inspectd.ops.synth import SynthSpec, generate
@@ -82,9 +86,17 @@ class Run:
     cpu_ms_per_image: float  # CPU time of every thread of the process doing the work, per image
 
 
-def ceiling(files: list[Path], size: tuple[int, int]) -> Run:
+DECODERS = ("opencv", "inspectd")  # cv2.imdecode; the decode stage's decode_pixels
+MAX_PIXELS = 100_000_000
+
+
+def ceiling(files: list[Path], size: tuple[int, int], decoder: str = "opencv") -> Run:
     def one(path: Path) -> None:
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        image: npt.NDArray[np.generic] | None
+        if decoder == "opencv":
+            image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        else:
+            image = decode_pixels(path.read_bytes(), MAX_PIXELS)
         assert image is not None, path
         preprocess(image, size)
 
@@ -299,31 +311,40 @@ def run_inspectd(
     rounds: int,
     model: Path | None = None,
 ) -> dict[str, Any]:
-    """Bursts alternate with ceiling runs (ceiling, burst, ceiling, burst, ..., ceiling) so that each
-    burst is compared with the ceiling measured just before and just after it: the machine's speed
-    drifts between minutes. The daemon sits idle during the ceiling runs."""
+    """Bursts alternate with ceiling runs (ceilings, burst, ceilings, burst, ..., ceilings; each time
+    OpenCV's then the decode stage's decoder) so that each burst is compared with the ceilings measured
+    just before and just after it: the machine's speed drifts between minutes. The daemon sits idle
+    during the ceiling runs."""
     root = tmp / "daemon"
     root.mkdir()
     daemon = Daemon(root, port, model)
     result: dict[str, Any] = {"startup_s": daemon.startup_s}
     try:
-        ceiling_runs = [ceiling(files, size)]
+        runs: dict[str, list[Run]] = {name: [ceiling(files, size, name)] for name in DECODERS}
         burst_runs: list[Run] = []
         for r in range(rounds):
             burst_runs.append(burst(daemon, files, f"burst{r}"))
             result["rss_after_burst_mib"], result["peak_rss_mib"] = daemon.rss_mib()
-            ceiling_runs.append(ceiling(files, size))
+            for name in DECODERS:
+                runs[name].append(ceiling(files, size, name))
             print(
-                f"round {r + 1}: ceiling {ceiling_runs[-2].images_per_s:.1f}, "
-                f"inspectd {burst_runs[-1].images_per_s:.1f}, "
-                f"ceiling {ceiling_runs[-1].images_per_s:.1f} images/s",
+                f"round {r + 1}: ceilings (OpenCV / inspectd's decoder) "
+                f"{runs['opencv'][-2].images_per_s:.1f} / {runs['inspectd'][-2].images_per_s:.1f}, "
+                f"inspectd {burst_runs[-1].images_per_s:.1f}, then "
+                f"{runs['opencv'][-1].images_per_s:.1f} / {runs['inspectd'][-1].images_per_s:.1f} images/s",
                 flush=True,
             )
+        ceiling_runs = runs["opencv"]
         ceilings = [c.images_per_s for c in ceiling_runs]
+        decoder_ceilings = [c.images_per_s for c in runs["inspectd"]]
         bursts = [b.images_per_s for b in burst_runs]
         result["ceiling_runs_images_per_s"] = ceilings
+        result["decoder_ceiling_runs_images_per_s"] = decoder_ceilings
         result["burst_runs_images_per_s"] = bursts
         result["round_ratios"] = [b / ((ceilings[i] + ceilings[i + 1]) / 2) for i, b in enumerate(bursts)]
+        result["decoder_round_ratios"] = [
+            b / ((decoder_ceilings[i] + decoder_ceilings[i + 1]) / 2) for i, b in enumerate(bursts)
+        ]
         result["burst_images_per_s"] = statistics.median(bursts)
         # CPU per image: what each costs, whatever else the machine runs meanwhile (less noisy than rates)
         result["ceiling_cpu_ms_per_image"] = [c.cpu_ms_per_image for c in ceiling_runs]
@@ -416,6 +437,7 @@ def main() -> None:
         )
         print(f"inspectd: {json.dumps(ours)}", flush=True)
         results["ceiling_images_per_s"] = statistics.median(ours["ceiling_runs_images_per_s"])
+        results["decoder_ceiling_images_per_s"] = statistics.median(ours["decoder_ceiling_runs_images_per_s"])
         results["naive_images_per_s"] = naive(files[: args.naive_images], tmp)
         print(f"naive: {results['naive_images_per_s']:.1f} images/s", flush=True)
         results["runtimes_ms_per_image"] = runtimes(version=args.model)
@@ -431,6 +453,9 @@ def main() -> None:
     results["ratios"] = {
         # each burst against the mean of the ceilings measured just before and after it; the median round
         "inspectd_over_ceiling": statistics.median(results["inspectd"]["round_ratios"]),
+        "inspectd_over_decoder_ceiling": statistics.median(results["inspectd"]["decoder_round_ratios"]),
+        "decoder_ceiling_over_ceiling": results["decoder_ceiling_images_per_s"]
+        / results["ceiling_images_per_s"],
         "inspectd_over_naive": ours / results["naive_images_per_s"],
         "ceiling_cpu_over_inspectd_cpu": statistics.median(results["inspectd"]["ceiling_cpu_ms_per_image"])
         / statistics.median(results["inspectd"]["burst_cpu_ms_per_image"]),
@@ -446,10 +471,17 @@ def report(r: dict[str, Any]) -> None:
     d = r["inspectd"]
     runs = " / ".join(f"{v:.0f}" for v in d["ceiling_runs_images_per_s"])
     rounds = " / ".join(f"{v:.3f}" for v in d["round_ratios"])
+    decoder_runs = " / ".join(f"{v:.0f}" for v in d["decoder_ceiling_runs_images_per_s"])
+    decoder_rounds = " / ".join(f"{v:.3f}" for v in d["decoder_round_ratios"])
     rows = [
         (
-            "ceiling: decode + resize only, all cores (median)",
+            "ceiling, OpenCV: decode + resize only, all cores (median)",
             f"{r['ceiling_images_per_s']:.1f} images/s ({runs})",
+        ),
+        (
+            "ceiling, inspectd's decoder (median)",
+            f"{r['decoder_ceiling_images_per_s']:.1f} images/s ({decoder_runs}; "
+            f"{r['ratios']['decoder_ceiling_over_ceiling']:.2f}x OpenCV's)",
         ),
         ("naive: imread + predict + commit per image", f"{r['naive_images_per_s']:.1f} images/s"),
         (
@@ -458,7 +490,14 @@ def report(r: dict[str, Any]) -> None:
             + " / ".join(f"{v:.0f}" for v in d["burst_runs_images_per_s"])
             + ")",
         ),
-        ("inspectd / ceiling (median round)", f"{r['ratios']['inspectd_over_ceiling']:.3f} ({rounds})"),
+        (
+            "inspectd / OpenCV ceiling (median round)",
+            f"{r['ratios']['inspectd_over_ceiling']:.3f} ({rounds})",
+        ),
+        (
+            "inspectd / its decoder's ceiling (median round)",
+            f"{r['ratios']['inspectd_over_decoder_ceiling']:.3f} ({decoder_rounds})",
+        ),
         ("inspectd / naive", f"{r['ratios']['inspectd_over_naive']:.1f}x"),
         (
             "CPU per image: ceiling / inspectd (medians)",

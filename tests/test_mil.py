@@ -59,11 +59,12 @@ def test_mil_networks_train_export_int8_and_run_in_litert(tmp_path: Path) -> Non
             backbone=backbone, head="mil", input_size=64, epochs=1, fine_tune_epochs=1, batch_size=8
         )
         trained = train_arrays(rc, x, y, x, y, tmp_path / backbone)
-        # the pretrained MIL head: one epoch from each of its three starts, then one of fine-tuning
+        # the pretrained MIL head: three starts, each three warm-up epochs on every place and one on the
+        # maximum, then one of fine-tuning
         assert (
             trained.epochs_run
-            == (1 if backbone == "small_cnn" else rc.head_restarts + 1)
-            == (1 if backbone == "small_cnn" else 4)
+            == (1 if backbone == "small_cnn" else rc.head_restarts * (rc.warmup_epochs + rc.epochs) + 1)
+            == (1 if backbone == "small_cnn" else 13)
         )
         keras_logits = np.asarray(trained.model.predict(x, verbose=0)).reshape(-1)
         assert keras_logits.shape == (32,) and np.all(np.isfinite(keras_logits))

@@ -17,7 +17,14 @@ from tests.conftest import DaemonProcess, Workspace, png_bytes, wait_until
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., DaemonProcess]
-QUICK = {"epochs": 2, "input_size": 64, "min_per_class": 10, "patience": 2, "batch_size": 16}
+QUICK = {
+    "epochs": 2,
+    "input_size": 64,
+    "min_per_class": 10,
+    "patience": 2,
+    "batch_size": 16,
+    "warmup_epochs": 1,
+}
 
 
 def results_from_daemon(ws: Workspace, daemon: Start, count: int) -> list[dict[str, object]]:
@@ -161,8 +168,9 @@ def test_pretrained_backbone_from_local_weights(upgraded: Workspace, tmp_path: P
     active = (upgraded.models / "active").read_text().strip()
     assert active.endswith("mobilenet-v3-small")
     meta = json.loads((upgraded.models / "versions" / active / "metadata.json").read_text())
-    # the MIL head: one epoch from each of its three starts (head_restarts), then one of fine-tuning
-    assert meta["training"]["weights"] == str(weights) and meta["training"]["epochs_run"] == 3 + 1
+    # the MIL head: three starts (head_restarts), each a warm-up epoch and one on the maximum, then one of
+    # fine-tuning
+    assert meta["training"]["weights"] == str(weights) and meta["training"]["epochs_run"] == 3 * (1 + 1) + 1
 
     missing = tmp_path / "missing.weights.h5"
     upgraded.write_config(

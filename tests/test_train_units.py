@@ -162,6 +162,28 @@ def test_bag_loss_is_cross_entropy_on_the_highest_place_of_each_bag() -> None:
     assert got[1] == pytest.approx(softplus(1.0) + softplus(-3.0), rel=1e-5)
 
 
+@pytest.mark.train
+def test_place_loss_is_the_mean_cross_entropy_of_every_counted_place() -> None:
+    """The warm-up loss: every place of a bag against the bag's target, the places beside a box left out."""
+    from inspectd.train.fit.bags import place_loss
+    from inspectd.train.tf import tensorflow
+
+    tf = tensorflow()
+    z = np.array([[[1.0, -2.0, 3.0, 0.5]], [[-1.0, 2.0, 0.0, -3.0]], [[0.0, 1.0, -1.0, 2.0]]], np.float32)
+    t = bag_targets(np.array([0, 1, 1]), [None, (0, 0, 4, 4), None], (1, 4), 4.0)
+    got = np.asarray(place_loss(tf.constant(t), tf.constant(z[..., None])))
+
+    def softplus(v: float) -> float:
+        return float(np.log1p(np.exp(v)))
+
+    assert got[0] == pytest.approx(np.mean([softplus(v) for v in z[0, 0]]), rel=1e-5)  # absent: all toward 0
+    # present with a box on the first place: that place toward 1, the far one toward 0, two left out
+    assert got[1] == pytest.approx((softplus(1.0) + softplus(-3.0)) / 2, rel=1e-5)
+    assert got[2] == pytest.approx(
+        np.mean([softplus(-v) for v in z[2, 0]]), rel=1e-5
+    )  # present: all toward 1
+
+
 def test_reshots_of_one_part_share_a_group_and_other_images_do_not(tmp_path: Path) -> None:
     from inspectd.train.data.dataset import groups
     from tests.images import png_bomb

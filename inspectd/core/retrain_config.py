@@ -116,6 +116,10 @@ class RetrainConfig(Section):
     # head finds a hard mark in some starts only (the X of bench-quality, seed 1: validation 0.53, 0.57,
     # then 0.80 at the third start; test ROC-AUC 0.511 -> 0.807, F1 0.378 -> 0.650, 203 -> 570 s)
     head_restarts: int = Field(default=3, ge=1, le=8)
+    # a MIL head: each start first trains this many epochs with every place taking its frame's label
+    # (fit/bags.py place_loss), then on the maximum. From a random start the maximum can lock on to
+    # background texture (the X of bench-quality: at chance in two starts of three)
+    warmup_epochs: int = Field(default=3, ge=0)
     fine_tune_layers: int = Field(default=30, ge=0)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inspectd.core import logs
+from inspectd.core.registry import TRAINING_HISTORY_FILE
 from inspectd.core.retrain_config import RetrainConfig
 from inspectd.train.evaluate import report
 from inspectd.train.evaluate.metrics import Confusion
@@ -87,6 +88,26 @@ def frame_auc(head: Any, fv: npt.NDArray[np.float32], yv: npt.NDArray[np.int_]) 
             log.info("epoch.validated", epoch=epoch + 1, frame_roc_auc=round(auc, 4))
 
     return FrameAUC()
+
+
+def history_rows(run_dir: Path) -> list[Any]:
+    """The epoch's wall-clock seconds (``seconds``: training and the callbacks before this one) and the
+    Keras history row, appended to the version's history.csv."""
+    import time
+
+    k = keras()
+
+    class EpochSeconds(k.callbacks.Callback):  # type: ignore[misc,name-defined]
+        started = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            if logs is not None:
+                logs["seconds"] = round(time.monotonic() - self.started, 2)
+
+    return [EpochSeconds(), k.callbacks.CSVLogger(str(run_dir / TRAINING_HISTORY_FILE), append=True)]
 
 
 def frame_logits(head: Any, f: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:

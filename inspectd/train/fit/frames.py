@@ -16,11 +16,10 @@ import numpy.typing as npt
 
 from inspectd.core import logs
 from inspectd.core.records import Box
-from inspectd.core.registry import TRAINING_HISTORY_FILE
 from inspectd.core.retrain_config import RetrainConfig
 from inspectd.train.data import augment
 from inspectd.train.fit import bags
-from inspectd.train.fit.callbacks import confusion_images, schedule
+from inspectd.train.fit.callbacks import confusion_images, history_rows, schedule
 from inspectd.train.fit.mil import fit_bags
 from inspectd.train.nets.backbones import Built, build, unfreeze_top
 from inspectd.train.tf import keras, tensorflow
@@ -67,7 +66,7 @@ def _fit(
         *schedule(rc),
         k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
         confusion_images(xv, yv, run_dir / "tensorboard"),
-        k.callbacks.CSVLogger(str(run_dir / TRAINING_HISTORY_FILE), append=True),
+        *history_rows(run_dir),
     ]
     history = model.fit(
         train,

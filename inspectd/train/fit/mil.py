@@ -1,5 +1,6 @@
 """Fitting a MIL head on feature maps computed once, with bag targets (bags.py): where a composited mark
-is, the head is told which of its places hold it. Optionally a second round on hard negatives."""
+is, the head is told which of its places hold it. Each start warms up on every place (bags.place_loss),
+then trains on the maximum. Optionally a second round on hard negatives."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ import numpy as np
 import numpy.typing as npt
 
 from inspectd.core import logs
-from inspectd.core.registry import TRAINING_HISTORY_FILE
 from inspectd.core.retrain_config import RetrainConfig
 from inspectd.train.fit import bags
-from inspectd.train.fit.callbacks import confusion_images, frame_auc, frame_logits, schedule, validation_auc
+from inspectd.train.fit.callbacks import (
+    confusion_images,
+    frame_auc,
+    frame_logits,
+    history_rows,
+    schedule,
+    validation_auc,
+)
 from inspectd.train.tf import keras, tensorflow
 
 log = logs.get("inspectd.train.fit")
@@ -43,8 +50,10 @@ def fit_bags(
     weights = bags.frame_weights(labels)
 
     def fit_round(
-        weights: npt.NDArray[np.float32], learning_rate: float, epochs: int, first: int, guard: bool = False
+        weights: npt.NDArray[np.float32], learning_rate: float, epochs: int, first: int, warm_up: bool = False
     ) -> int:
+        """``epochs`` of the MIL loss from epoch ``first``; with ``warm_up``, the start of a head: its
+        ``warmup_epochs`` on every place first, and min_epochs counted from after them."""
         train = (
             tf.data.Dataset.from_tensor_slices((f, targets, weights))
             .shuffle(len(f), seed=rc.seed + first, reshuffle_each_iteration=True)
@@ -52,14 +61,30 @@ def fit_bags(
             .map(lambda a, t, w: (tf.cast(a, tf.float32), t, w))
             .prefetch(2)
         )
-        logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.bag_loss)
-        callbacks = [
+        logged = [
             frame_auc(head, fv, yv),
-            *schedule(rc, first if guard else 0),
             k.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0),
             confusion_images(fv, yv, run_dir / "tensorboard", model=head),
-            k.callbacks.CSVLogger(str(run_dir / TRAINING_HISTORY_FILE), append=True),
+            *history_rows(run_dir),
         ]
+        if warm_up and rc.warmup_epochs:
+            logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.place_loss)
+            history = logit_map.fit(
+                train,
+                epochs=first + rc.warmup_epochs,
+                initial_epoch=first,
+                shuffle=False,
+                callbacks=logged,
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+            first += len(history.history["loss"])
+            log.info(
+                "head.warmed_up",
+                epochs=rc.warmup_epochs,
+                validation_roc_auc=round(validation_auc(head, fv, yv), 4),
+            )
+        logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.bag_loss)
+        callbacks = [*logged[:1], *schedule(rc, first), *logged[1:]]
         history = logit_map.fit(
             train,
             epochs=first + epochs,
@@ -70,12 +95,12 @@ def fit_bags(
         )
         return first + len(history.history["loss"])
 
-    epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, 0)
+    epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, 0, warm_up=True)
     best_auc, best = validation_auc(head, fv, yv), head.get_weights()
     for restart in range(1, rc.head_restarts):  # another start: keep the head validation ranks best
         k.utils.set_random_seed(rc.seed + restart)
         head.set_weights(k.models.clone_model(head).get_weights())  # fresh initial weights
-        epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, epochs_run, guard=True)
+        epochs_run = fit_round(weights, rc.learning_rate, rc.epochs, epochs_run, warm_up=True)
         auc = validation_auc(head, fv, yv)
         log.info("head.restarted", restart=restart, validation_roc_auc=round(auc, 4), best=round(best_auc, 4))
         if auc > best_auc:
