@@ -22,19 +22,14 @@ import numpy.typing as npt
 
 from inspectd.daemon.intake import png
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY = 0  # PNG colour type: grayscale, no alpha, no palette
-IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every complete PNG
 
 
 def fast_png(content: bytes, max_pixels: int) -> bool:
-    """From the header: a grayscale 8- or 16-bit PNG without a tRNS chunk, within ``max_pixels``, that
-    ends with its IEND chunk (OpenCV refuses a file cut before it, libpng through imagecodecs would not):
-    png.py and libpng give it exactly OpenCV's pixels (no colour conversion either way), once png.py has
-    checked its structure."""
-    if len(content) < 33 or content[:8] != PNG_SIGNATURE or content[12:16] != b"IHDR":
-        return False
-    if not content.endswith(IEND):
+    """From the header: a grayscale 8- or 16-bit PNG without a tRNS chunk, within ``max_pixels``: png.py
+    and libpng give it exactly OpenCV's pixels (no colour conversion either way), once png.py has checked
+    its structure (an IEND last among it: OpenCV refuses a file cut before it, libpng would not)."""
+    if len(content) < 33 or content[:8] != png.SIGNATURE or content[12:16] != b"IHDR":
         return False
     width, height, depth, colour = struct.unpack(">IIBB", content[16:26])
     if colour != GRAY or depth not in (8, 16) or width * height > max_pixels or width * height == 0:

@@ -128,12 +128,12 @@ def decode(content: bytes) -> npt.NDArray[np.generic] | Literal["libpng"] | None
         return None
     if found.interlaced:
         return LIBPNG
-    height, row_bytes = found.height, found.width * (found.depth // 8)
+    height, bpp = found.height, found.depth // 8
+    row_bytes = found.width * bpp
     try:
         inflated = imagecodecs.deflate_decode(found.data, out=height * (1 + row_bytes))
     except (imagecodecs.DeflateError, ValueError):
         return None
-    bpp = found.depth // 8
     del found  # the compressed copy: at most the filtered rows and the image from here on
     if len(inflated) != height * (1 + row_bytes):
         return None

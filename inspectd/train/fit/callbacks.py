@@ -4,6 +4,7 @@ of a network that outputs logit maps, the validation confusion matrix for Tensor
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,6 @@ def frame_auc(head: Any, fv: npt.NDArray[np.float32], yv: npt.NDArray[np.int_]) 
 def history_rows(run_dir: Path) -> list[Any]:
     """The epoch's wall-clock seconds (``seconds``: training and the callbacks before this one) and the
     Keras history row, appended to the version's history.csv."""
-    import time
-
     k = keras()
 
     class EpochSeconds(k.callbacks.Callback):  # type: ignore[misc,name-defined]

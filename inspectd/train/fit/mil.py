@@ -78,10 +78,11 @@ def fit_bags(
                 verbose=1 if sys.stdout.isatty() else 2,
             )
             first += len(history.history["loss"])
+            # frame_auc put the last warm-up epoch's validation ROC-AUC into the history
             log.info(
                 "head.warmed_up",
                 epochs=rc.warmup_epochs,
-                validation_roc_auc=round(validation_auc(head, fv, yv), 4),
+                validation_roc_auc=round(history.history["val_auc"][-1], 4),
             )
         logit_map.compile(optimizer=k.optimizers.Adam(learning_rate), loss=bags.bag_loss)
         callbacks = [*logged[:1], *schedule(rc, first), *logged[1:]]
@@ -108,8 +109,7 @@ def fit_bags(
     head.set_weights(best)
     if not rc.hard_negative_epochs:
         return epochs_run
-    first_auc = validation_auc(head, fv, yv)
-    kept = head.get_weights()
+    first_auc, kept = best_auc, best  # the head as kept from its starts
     absent = np.flatnonzero(labels == 0)
     top = frame_logits(head, f[absent])
     hard = absent[top >= np.quantile(top, 1.0 - HARD_SHARE)]
