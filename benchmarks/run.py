@@ -1,7 +1,8 @@
 """The inspectd benchmark: python benchmarks/run.py [--images N]   (make bench)
 
 Workload: N generated 1280x1024 8-bit grayscale PNGs, about half with the mark (cached under
-bench-results/cache/). Measured in one run, on the same files:
+bench-results/cache/), then the same frames as JPEGs (quality 92; --jpeg-rounds bursts, no latency run).
+Measured in one run, on the same files:
 
   ceiling    decode + resize of the files alone, on all cores (a thread per core; the decoders drop the
              GIL), measured before and after each burst (the machine's speed drifts between minutes),
@@ -62,15 +63,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = SynthSpec(width=1280, height=1024, mark_min=96, mark_max=220)
 
 
+JPEG_QUALITY = 92  # the JPEG workload: the same frames, as a camera set to high quality writes them
+
+
 def _make(args: tuple[int, Path]) -> None:
     index, path = args
     sample = generate(np.random.default_rng(10_000 + index), SPEC)
-    cv2.imwrite(str(path), sample.image)
+    cv2.imwrite(str(path), sample.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])  # PNG: ignored
 
 
-def workload(count: int, cache: Path) -> list[Path]:
-    folder = cache / f"png-1280x1024-{count}"
-    files = [folder / f"bench-{i:06d}.png" for i in range(count)]
+def workload(count: int, cache: Path, kind: str = "png") -> list[Path]:
+    """``count`` generated frames as ``kind`` files ("png", "jpeg"), made once and cached."""
+    folder = cache / f"{kind}-1280x1024-{count}"
+    files = [folder / f"bench-{i:06d}.{'jpg' if kind == 'jpeg' else kind}" for i in range(count)]
     if not all(f.exists() for f in files):
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -310,12 +315,13 @@ def run_inspectd(
     size: tuple[int, int],
     rounds: int,
     model: Path | None = None,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Bursts alternate with ceiling runs (ceilings, burst, ceilings, burst, ..., ceilings; each time
     OpenCV's then the decode stage's decoder) so that each burst is compared with the ceilings measured
     just before and just after it: the machine's speed drifts between minutes. The daemon sits idle
-    during the ceiling runs."""
-    root = tmp / "daemon"
+    during the ceiling runs. ``latency``: then the steady rate's percentiles and the image alone."""
+    root = tmp / f"daemon-{files[0].suffix.lstrip('.')}"
     root.mkdir()
     daemon = Daemon(root, port, model)
     result: dict[str, Any] = {"startup_s": daemon.startup_s}
@@ -349,6 +355,8 @@ def run_inspectd(
         # CPU per image: what each costs, whatever else the machine runs meanwhile (less noisy than rates)
         result["ceiling_cpu_ms_per_image"] = [c.cpu_ms_per_image for c in ceiling_runs]
         result["burst_cpu_ms_per_image"] = [b.cpu_ms_per_image for b in burst_runs]
+        if not latency:
+            return result
 
         rate = result["burst_images_per_s"] / 2
         count = max(20, int(rate * steady_s))
@@ -410,6 +418,7 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5, help="bursts, each between two ceiling runs")
+    parser.add_argument("--jpeg-rounds", type=int, default=3, help="the same on JPEGs (0: none)")
     parser.add_argument("--naive-images", type=int, default=200)
     parser.add_argument("--steady-seconds", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=19208)
@@ -436,6 +445,17 @@ def main() -> None:
             files, tmp, args.port, args.steady_seconds, size, args.rounds, args.model
         )
         print(f"inspectd: {json.dumps(ours)}", flush=True)
+        if args.jpeg_rounds:
+            jpegs = workload(args.images, args.out.parent / "cache", "jpeg")
+            list(ThreadPoolExecutor(4).map(lambda p: p.read_bytes(), jpegs))
+            jpeg = results["jpeg"] = run_inspectd(
+                jpegs, tmp, args.port, 0, size, args.jpeg_rounds, args.model, latency=False
+            )
+            jpeg["ratios"] = {
+                "inspectd_over_ceiling": statistics.median(jpeg["round_ratios"]),
+                "inspectd_over_decoder_ceiling": statistics.median(jpeg["decoder_round_ratios"]),
+            }
+            print(f"jpeg: {json.dumps(jpeg)}", flush=True)
         results["ceiling_images_per_s"] = statistics.median(ours["ceiling_runs_images_per_s"])
         results["decoder_ceiling_images_per_s"] = statistics.median(ours["decoder_ceiling_runs_images_per_s"])
         results["naive_images_per_s"] = naive(files[: args.naive_images], tmp)
@@ -513,6 +533,21 @@ def report(r: dict[str, Any]) -> None:
         ("start-up to ready", f"{d['startup_s']:.2f} s"),
         ("RSS steady / peak", f"{d['rss_steady_mib']:.0f} / {d['peak_rss_mib']:.0f} MiB"),
     ]
+    if "jpeg" in r:
+        j = r["jpeg"]
+        rows += [
+            (
+                f"JPEG (quality {JPEG_QUALITY}): ceilings, OpenCV / inspectd's decoder (medians)",
+                f"{statistics.median(j['ceiling_runs_images_per_s']):.1f} / "
+                f"{statistics.median(j['decoder_ceiling_runs_images_per_s']):.1f} images/s",
+            ),
+            (
+                "JPEG: burst; / OpenCV ceiling; / its decoder's (median round)",
+                f"{statistics.median(j['burst_runs_images_per_s']):.1f} images/s; "
+                f"{j['ratios']['inspectd_over_ceiling']:.3f}; "
+                f"{j['ratios']['inspectd_over_decoder_ceiling']:.3f}",
+            ),
+        ]
     rows += [(f"inference, {name}", f"{ms:.3f} ms/image") for name, ms in r["runtimes_ms_per_image"].items()]
     if "soak" in r:
         s = r["soak"]

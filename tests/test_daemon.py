@@ -258,14 +258,20 @@ def test_sighup_refuses_a_broken_model_and_keeps_the_old(daemon: Start, upgraded
     meta["version"] = "broken-1"
     (broken / "metadata.json").write_text(json.dumps(meta))
     (upgraded.models / "active").write_text("broken-1\n")
-    proc.signal(signal.SIGHUP)
-    wait_until(lambda: proc.events("model.reload_refused"), 10, "the refusal")
+    # the poll finds the new pointer and refuses it once; a refused pointer is not tried again
+    wait_until(lambda: proc.events("model.reload_refused"), 10, "the refusal (polled)")
     assert proc.events("model.reload_refused")[0]["keeping"] == active
+    _, body = proc.get("/metrics")
+    assert metric(body, "inspectd_model_load_failures_total", station="station-1") == 1
+    # SIGHUP forces one more try of the same pointer, refused the same way
+    proc.signal(signal.SIGHUP)
+    wait_until(lambda: len(proc.events("model.reload_refused")) == 2, 10, "the refusal (forced)")
     upgraded.drop("after.png", png_bytes(5))
     rows = proc.wait_rows(1)
     assert rows[0]["model_version"] == active
     _, body = proc.get("/metrics")
-    assert metric(body, "inspectd_model_load_failures_total", station="station-1") == 1
+    assert metric(body, "inspectd_model_load_failures_total", station="station-1") == 2
+    assert len(proc.events("model.reload_refused")) == 2
     assert proc.stop() == 0
 
 

@@ -64,13 +64,18 @@ def confusion_images(
                 fn=int(((predicted == 0) & (y == 1)).sum()),
                 tp=int(((predicted == 1) & (y == 1)).sum()),
             )
+            import matplotlib.pyplot as plt
+
             buffer = io.BytesIO()
-            report.confusion_figure(cm, f"validation, epoch {epoch + 1}").savefig(
-                buffer, format="png", dpi=72
-            )
+            figure = report.confusion_figure(cm, f"validation, epoch {epoch + 1}")
+            figure.savefig(buffer, format="png", dpi=72)
+            plt.close(figure)  # pyplot keeps every figure it made until it is closed
             image = tf.image.decode_png(buffer.getvalue(), channels=4)[tf.newaxis]
             with writer.as_default():
                 tf.summary.image("confusion_matrix", image, step=epoch)
+
+        def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+            writer.flush()  # on disk when the fit ends, not when the process does (one fit may follow)
 
     return ConfusionImages()
 
