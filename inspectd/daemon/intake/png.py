@@ -115,8 +115,7 @@ def unfilter(raw: npt.NDArray[np.uint8], bpp: int) -> npt.NDArray[np.uint8] | No
         return None
     height, width = raw.shape[0], (raw.shape[1] - 1) // bpp
     out = raw[:, 1:].reshape(height, width, bpp)  # a view: the rows' bytes stay where they are
-    sub = filters == SUB
-    for first, stop in [(0, height)] if sub.all() else runs(sub):  # Sub: a running sum along the row
+    for first, stop in runs(filters == SUB):  # Sub: a running sum along the row, byte by byte, bpp apart
         imagecodecs.delta_decode(out[first:stop], axis=1, out=out[first:stop])
     for first, stop in runs(filters == UP):  # Up: a running sum down the run, from the row above it
         block = out[max(first - 1, 0) : stop]
