@@ -29,6 +29,7 @@ Prints a table with the ratios inspectd/ceiling and inspectd/naive; writes bench
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -69,7 +70,8 @@ JPEG_QUALITY = 92  # the JPEG workload: the same frames, as a camera set to high
 def _make(args: tuple[int, Path]) -> None:
     index, path = args
     sample = generate(np.random.default_rng(10_000 + index), SPEC)
-    cv2.imwrite(str(path), sample.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])  # PNG: ignored
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix == ".jpg" else []
+    cv2.imwrite(str(path), sample.image, params)
 
 
 def workload(count: int, cache: Path, kind: str = "png") -> list[Path]:
@@ -109,6 +111,39 @@ def ceiling(files: list[Path], size: tuple[int, int], decoder: str = "opencv") -
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(one, files))
     return Run(len(files) / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / len(files))
+
+
+def floor(files: list[Path], result: dict[str, Any], model: Path | None, sample: int = 400) -> dict[str, Any]:
+    """The CPU per image of the work no daemon can leave out, and the burst rate it alone allows on every
+    core: decoding and resizing with the decode stage's decoder (the decoder ceiling's CPU per image),
+    reading the file and its SHA-256 (every row's identity), and the chosen network on a batch of 32
+    (one thread, as the daemon runs it). A target above ``max_over_*`` cannot be met by any daemon that
+    does that work, however little else it does."""
+    sample_files = files[:sample]
+    cpu = time.process_time()
+    for path in sample_files:
+        hashlib.sha256(path.read_bytes()).digest()
+    hash_ms = 1000 * (time.process_time() - cpu) / len(sample_files)
+    lite = Inferencer.load(model or bundled_model_dir(), num_threads=1)
+    x = np.random.default_rng(0).random((32, *lite.input_size, 1), dtype=np.float32)
+    lite.logits(x)
+    cpu = time.process_time()
+    for _ in range(20):
+        lite.logits(x)
+    infer_ms = 1000 * (time.process_time() - cpu) / (20 * len(x))
+    decode_ms = statistics.median(result["decoder_ceiling_cpu_ms_per_image"])
+    total = decode_ms + hash_ms + infer_ms
+    most = (os.cpu_count() or 1) * 1000 / total
+    return {
+        "decode_resize_cpu_ms": decode_ms,
+        "read_sha256_cpu_ms": hash_ms,
+        "inference_cpu_ms": infer_ms,
+        "cpu_ms_per_image": total,
+        "daemon_other_cpu_ms": statistics.median(result["burst_cpu_ms_per_image"]) - total,
+        "max_images_per_s": most,
+        "max_over_ceiling": most / statistics.median(result["ceiling_runs_images_per_s"]),
+        "max_over_decoder_ceiling": most / statistics.median(result["decoder_ceiling_runs_images_per_s"]),
+    }
 
 
 class NaiveBase(DeclarativeBase):
@@ -151,35 +186,35 @@ def runtimes(batch: int = 32, repeats: int = 20, version: Path | None = None) ->
     tf = tensorflow()
     lite = Inferencer.load(bundled_model_dir(), num_threads=os.cpu_count() or 1)
     x = np.random.default_rng(0).random((batch, *lite.input_size, 1), dtype=np.float32)
-    out: dict[str, float] = {}
 
-    def timed(fn: Any) -> float:
-        fn()
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - started)
-        return statistics.median(samples) / batch * 1000
-
+    calls: dict[str, Any] = {}  # name -> a call on a batch of ``batch`` inputs
     chosen = network_name(lite.network)
-    out[f"litert_{chosen}_chosen"] = timed(lambda: lite.logits(x))
+    calls[f"litert_{chosen}_chosen"] = lambda: lite.logits(x)
     for network in ("shipped", "float"):
         each = Inferencer.load(bundled_model_dir(), num_threads=os.cpu_count() or 1, network=network)
-        name = network_name(each.network)
-        out[f"litert_{name}"] = timed(lambda each=each: each.logits(x))
+        calls[f"litert_{network_name(each.network)}"] = lambda each=each: each.logits(x)
     model = small_cnn(lite.input_size)
     compiled = tf.function(
         lambda t: model(t, training=False),
         jit_compile=False,
         input_signature=[tf.TensorSpec((batch, *lite.input_size, 1), tf.float32)],
     )
-    out["tensorflow_compiled_float"] = timed(lambda: compiled(x).numpy())
+    calls["tensorflow_compiled_float"] = lambda: compiled(x).numpy()
     if version is not None:
         other = Inferencer.load(version, num_threads=os.cpu_count() or 1)
         xm = np.random.default_rng(0).random((batch, *other.input_size, 1), dtype=np.float32)
-        out[f"model_litert_{network_name(other.network)}"] = timed(lambda: other.logits(xm))
-    return out
+        calls[f"model_litert_{network_name(other.network)}"] = lambda: other.logits(xm)
+    # interleaved: each repeat times every runtime once, so a drift of the machine's speed (or the first
+    # calls' warm-up) falls on all of them alike instead of on whichever was timed first
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            started = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) / batch * 1000 for name, times in samples.items()}
 
 
 def wait_ready(port: int, timeout: float | None = None) -> None:
@@ -354,6 +389,7 @@ def run_inspectd(
         result["burst_images_per_s"] = statistics.median(bursts)
         # CPU per image: what each costs, whatever else the machine runs meanwhile (less noisy than rates)
         result["ceiling_cpu_ms_per_image"] = [c.cpu_ms_per_image for c in ceiling_runs]
+        result["decoder_ceiling_cpu_ms_per_image"] = [c.cpu_ms_per_image for c in runs["inspectd"]]
         result["burst_cpu_ms_per_image"] = [b.cpu_ms_per_image for b in burst_runs]
         if not latency:
             return result
@@ -444,6 +480,7 @@ def main() -> None:
         ours = results["inspectd"] = run_inspectd(
             files, tmp, args.port, args.steady_seconds, size, args.rounds, args.model
         )
+        ours["floor"] = floor(files, ours, args.model)
         print(f"inspectd: {json.dumps(ours)}", flush=True)
         if args.jpeg_rounds:
             jpegs = workload(args.images, args.out.parent / "cache", "jpeg")
@@ -451,6 +488,7 @@ def main() -> None:
             jpeg = results["jpeg"] = run_inspectd(
                 jpegs, tmp, args.port, 0, size, args.jpeg_rounds, args.model, latency=False
             )
+            jpeg["floor"] = floor(jpegs, jpeg, args.model)
             jpeg["ratios"] = {
                 "inspectd_over_ceiling": statistics.median(jpeg["round_ratios"]),
                 "inspectd_over_decoder_ceiling": statistics.median(jpeg["decoder_round_ratios"]),
@@ -546,6 +584,23 @@ def report(r: dict[str, Any]) -> None:
                 f"{statistics.median(j['burst_runs_images_per_s']):.1f} images/s; "
                 f"{j['ratios']['inspectd_over_ceiling']:.3f}; "
                 f"{j['ratios']['inspectd_over_decoder_ceiling']:.3f}",
+            ),
+        ]
+    for kind, part in (("PNG", d), ("JPEG", r.get("jpeg"))):
+        if part is None or "floor" not in part:
+            continue
+        f = part["floor"]
+        rows += [
+            (
+                f"{kind} floor, CPU per image: decode + resize / read + SHA-256 / inference",
+                f"{f['decode_resize_cpu_ms']:.2f} / {f['read_sha256_cpu_ms']:.2f} / "
+                f"{f['inference_cpu_ms']:.2f} = {f['cpu_ms_per_image']:.2f} ms "
+                f"(the daemon's other work: {f['daemon_other_cpu_ms']:.2f} ms)",
+            ),
+            (
+                f"{kind} floor: the most any daemon could burst; / OpenCV ceiling; / its decoder's",
+                f"{f['max_images_per_s']:.0f} images/s; {f['max_over_ceiling']:.3f}; "
+                f"{f['max_over_decoder_ceiling']:.3f}",
             ),
         ]
     rows += [(f"inference, {name}", f"{ms:.3f} ms/image") for name, ms in r["runtimes_ms_per_image"].items()]
