@@ -56,7 +56,7 @@ from inspectd.core.preprocess import preprocess
 from inspectd.core.registry import ModelRegistry, bundled_model_dir
 from inspectd.daemon import memory
 from inspectd.daemon.intake.pixels import decode_pixels
-from inspectd.model.choice import network_name
+from inspectd.model.choice import network_name, time_per_input
 from inspectd.model.runtime import Inferencer
 from inspectd.ops.synth import SynthSpec, generate
 
@@ -204,17 +204,9 @@ def runtimes(batch: int = 32, repeats: int = 20, version: Path | None = None) ->
         other = Inferencer.load(version, num_threads=os.cpu_count() or 1)
         xm = np.random.default_rng(0).random((batch, *other.input_size, 1), dtype=np.float32)
         calls[f"model_litert_{network_name(other.network)}"] = lambda: other.logits(xm)
-    # interleaved: each repeat times every runtime once, so a drift of the machine's speed (or the first
-    # calls' warm-up) falls on all of them alike instead of on whichever was timed first
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for fn in calls.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            started = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(times) / batch * 1000 for name, times in samples.items()}
+    # interleaved (as the daemon times its networks at load): a drift of the machine's speed, or the first
+    # calls' warm-up, falls on every runtime alike instead of on whichever was timed first
+    return time_per_input(calls, batch, repeats, statistics.median)
 
 
 def wait_ready(port: int, timeout: float | None = None) -> None:

@@ -57,15 +57,21 @@ def network_name(network: str) -> str:
     return "float" if network == "none" else network
 
 
-def time_per_input(calls: dict[str, Callable[[], object]], inputs: int) -> dict[str, float]:
+def time_per_input(
+    calls: dict[str, Callable[[], object]],
+    inputs: int,
+    repeats: int = TIMED_CALLS,
+    statistic: Callable[[list[float]], float] = min,
+) -> dict[str, float]:
     """Milliseconds per input of each call, run alternately (so that a drift of the machine's speed
-    hits every network alike): one warm-up each, then the fastest of TIMED_CALLS."""
-    best = {name: float("inf") for name in calls}
+    hits every network alike): one warm-up each, then ``statistic`` (the fastest, by default) of
+    ``repeats`` timed calls."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():
         call()
-    for _ in range(TIMED_CALLS):
+    for _ in range(repeats):
         for name, call in calls.items():
             started = time.perf_counter()
             call()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return {name: 1000.0 * seconds / inputs for name, seconds in best.items()}
+            samples[name].append(time.perf_counter() - started)
+    return {name: 1000.0 * statistic(times) / inputs for name, times in samples.items()}
