@@ -43,8 +43,11 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# two test processes (pytest-xdist): most tests wait on real processes, sockets and files; the few marked
+# exclusive (they change what the whole machine shares) run alone. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 unit: $(VENV)/.dev system-deps
-	INSPECTD_REQUIRE_POSTGRES=1 INSPECTD_REQUIRE_MOSQUITTO=1 INSPECTD_REQUIRE_BROWSER=1 pg_virtualenv -t $(BIN)/pytest $(PYTEST_ARGS)
+	INSPECTD_REQUIRE_POSTGRES=1 INSPECTD_REQUIRE_MOSQUITTO=1 INSPECTD_REQUIRE_BROWSER=1 pg_virtualenv -t $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

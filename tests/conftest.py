@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -26,6 +27,23 @@ from inspectd.daemon.commit import archive
 from inspectd.ops.synth import SynthSpec, generate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under ``pytest -n`` (make test): a test marked ``exclusive`` changes what every process on the
+    machine shares (it stops the PostgreSQL cluster, lowers the kernel's inotify queue), so it runs alone:
+    it takes a lock file exclusively, every other test takes it shared. Without xdist it costs nothing."""
+    lock = tmp_path_factory.getbasetemp().parent / "inspectd-tests.lock"  # one for all xdist workers
+    with lock.open("a") as fh:
+        exclusive = request.node.get_closest_marker("exclusive") is not None
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def free_port() -> int:

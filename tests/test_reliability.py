@@ -71,6 +71,7 @@ def test_repeated_crashes_during_a_burst(daemon: Start, upgraded: Workspace, how
 
 
 @pytest.mark.postgres
+@pytest.mark.exclusive  # stops the cluster every PostgreSQL test uses
 def test_postgres_outage(upgraded: Workspace, postgres_url: str) -> None:
     version, name, _ = pg_cluster()
     upgraded.db_url = postgres_url
@@ -159,6 +160,7 @@ def tiny_inotify_queue() -> Iterator[bool]:
         knob.write_text(old)
 
 
+@pytest.mark.exclusive  # the kernel's inotify limit is one for every process
 def test_flood_of_ten_thousand_files_with_inotify_overflow(
     upgraded: Workspace, tiny_inotify_queue: bool
 ) -> None:

@@ -157,6 +157,7 @@ def test_pretrained_backbone_from_local_weights(upgraded: Workspace, tmp_path: P
             "epochs": 1,
             "fine_tune_epochs": 1,
             "fine_tune_layers": 5,
+            "quantize": "none",  # quantization has its own test; MobileNetV3's refusals cost ~10 s here
             "backbone": "mobilenet_v3_small",
             "weights": {"mobilenet_v3_small": str(weights)},
         }
@@ -179,6 +180,7 @@ def test_pretrained_backbone_from_local_weights(upgraded: Workspace, tmp_path: P
     )
     failed = upgraded.cli("retrain", "--data", str(data), check=False, timeout=600)
     assert failed.returncode == 1 and "no such file" in failed.stderr
+    assert "dataset.ready" not in failed.stderr  # refused before a single image is decoded
 
 
 def test_too_few_labels(upgraded: Workspace, tmp_path: Path) -> None:

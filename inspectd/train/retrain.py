@@ -38,6 +38,7 @@ from inspectd.train.evaluate.assess import evaluate_items, load_registered
 from inspectd.train.evaluate.gate import gate
 from inspectd.train.fit.frames import Trained
 from inspectd.train.inputs import AUTO_INPUT_MAX, auto_input_size, train_on
+from inspectd.train.nets.backbones import check_local_weights
 from inspectd.train.tf import keras, tensorflow
 
 log = logs.get("inspectd.retrain")
@@ -157,6 +158,7 @@ def _recipe(base: RetrainConfig, overrides: dict[str, Any]) -> tuple[RetrainConf
     rc = base.model_copy(update={k: v for k, v in overrides.items() if v is not None and k != "symbol"})
     if artwork is not None:
         rc = rc.model_copy(update={"symbol": rc.symbol.model_copy(update={"artwork": artwork})})
+    check_local_weights(rc.backbone, rc.pretrained, rc.weights.get(rc.backbone))
     art = load_artwork(rc.symbol.artwork) if rc.symbol.artwork is not None else None
     if art is not None and rc.tile is not None:
         raise ArtworkError("retrain.symbol: composited marks train whole frames; unset retrain.tile")

@@ -58,10 +58,16 @@ def _application(name: str, size: int) -> tuple[Any, float]:
     raise ValueError(f"unknown backbone {name!r}")
 
 
+def check_local_weights(name: str, pretrained: bool, local: Path | None) -> None:
+    """Raise WeightsUnavailable when ``[retrain.weights]`` names a file for the backbone that is not
+    there: retrain calls it before it starts TensorFlow or decodes a single image."""
+    if pretrained and name in PRETRAINED and local is not None and not local.is_file():
+        raise WeightsUnavailable(f"retrain.weights.{name} = {local}: no such file")
+
+
 def _load_imagenet(base: Any, name: str, size: int, local: Path | None) -> str:
     if local is not None:
-        if not local.is_file():
-            raise WeightsUnavailable(f"retrain.weights.{name} = {local}: no such file")
+        check_local_weights(name, True, local)
         base.load_weights(str(local))
         return str(local)
     if name in efficientnet_lite.VARIANTS:
